@@ -1,0 +1,96 @@
+"""The one request path every FHIR interaction takes.
+
+    authenticate -> Principal
+    -> FhirRequest (body parsed, headers read)
+    -> repository for this request, inside one database transaction
+    -> interactions/<kind>.handle(request, repository)      (HTTP-free)
+    -> audit.record(...)  on success, denial and failure alike
+    -> http/response.render: JSON/XML, status, headers
+
+Access control (issue 5) plugs in at ``_repository_for`` (a GuardedRepository
+around the SQL one) and ``_authenticate``; audit fills ``audit.record``.
+Handlers never check permissions themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from flask import Request, Response
+
+from fhirserver.audit import record as audit
+from fhirserver.consent.principal import ADMINISTRATOR, Principal
+from fhirserver.errors import FhirError, NotFound
+from fhirserver.http import request as fhir_http_request
+from fhirserver.http.errors import error_response
+from fhirserver.http.formats import DEFAULT, response_format
+from fhirserver.http.response import Shape, parse_shape, render
+from fhirserver.interactions import registry
+from fhirserver.interactions.request import FhirRequest, FhirResponse
+from fhirserver.resources.registry import is_resource_type
+from fhirserver.settings import Settings
+from fhirserver.storage.repository import Repository, SqlRepository
+from fhirserver.storage.session import Database
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a request needs from the process: settings and the database engine."""
+
+    settings: Settings
+    database: Database
+
+
+def dispatch(
+    services: Services,
+    http: Request,
+    code: str,
+    *,
+    resource_type: str | None = None,
+    id: str | None = None,
+    version_id: str | None = None,
+) -> Response:
+    interaction = registry.get(code)
+    principal = ADMINISTRATOR
+    request: FhirRequest | None = None
+    shape = Shape()
+    try:
+        shape = parse_shape(response_format(http.args.get("_format"), http.headers.get("Accept")), http.args, http.headers.get("Prefer"))
+        principal = _authenticate(http)
+        if resource_type is not None and not is_resource_type(resource_type):
+            raise NotFound(f"Resource type `{resource_type}` is not supported by this server.")
+        request = fhir_http_request.build(
+            http,
+            services.settings,
+            code,
+            resource_type=resource_type,
+            id=id,
+            version_id=version_id,
+            with_body=interaction.writes and http.method in ("POST", "PUT"),
+        )
+        request = replace(request, principal=principal)
+        with services.database.transaction(write=interaction.writes) as conn:
+            repository = _repository_for(SqlRepository(conn), principal)
+            response = interaction.handle(request, repository)
+            # Inside the transaction: a write and its audit record commit together.
+            audit.record(repository, request, principal, response)
+    except Exception as error:  # noqa: BLE001 - every failure becomes an OperationOutcome
+        response = error_response(error)
+        _audit_failure(request, principal, response, error)
+        if not isinstance(error, FhirError):
+            shape = Shape(format=shape.format if shape.format else DEFAULT)
+    return render(response, shape, shape_resource=code in ("read", "vread"))
+
+
+def _authenticate(http: Request) -> Principal:
+    # Issue 5 replaces this with bearer-token authentication.
+    return ADMINISTRATOR
+
+
+def _repository_for(repository: Repository, principal: Principal) -> Repository:
+    # Issue 5 wraps it: GuardedRepository(repository, policy_for(principal)).
+    return repository
+
+
+def _audit_failure(request: FhirRequest | None, principal: Principal, response: FhirResponse, error: Exception) -> None:
+    audit.record(None, request, principal, response, error)

@@ -1,0 +1,81 @@
+"""Build the HTTP-free FhirRequest from a Flask request (body parsed, headers read)."""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+from flask import Request
+
+from fhirserver.errors import BadRequest, Malformed, PayloadTooLarge
+from fhirserver.http.formats import JSON, body_format
+from fhirserver.interactions.request import FhirRequest
+from fhirserver.resources.xml import parse_xml
+from fhirserver.settings import Settings
+
+# Parameters that shape the response, not the query.
+RESPONSE_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements"})
+
+
+def base_url(http: Request, settings: Settings) -> str:
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    return http.host_url.rstrip("/") + settings.base_path.rstrip("/")
+
+
+def read_body(http: Request, settings: Settings) -> dict[str, Any] | None:
+    """The request's resource as a JSON dict (None without a body)."""
+    length = http.content_length
+    if length is not None and length > settings.max_body_bytes:
+        raise PayloadTooLarge(f"The request body has {length} bytes; the limit is {settings.max_body_bytes}.")
+    raw = http.stream.read(settings.max_body_bytes + 1)
+    if len(raw) > settings.max_body_bytes:
+        raise PayloadTooLarge(f"The request body is over the limit of {settings.max_body_bytes} bytes.")
+    if not raw.strip():
+        return None
+    if body_format(http.headers.get("Content-Type"), raw) == JSON:
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise Malformed(f"The body is not valid JSON: {exc}.") from None
+        if not isinstance(parsed, dict):
+            raise Malformed("The body must be a JSON object (a FHIR resource).")
+        return parsed
+    return parse_xml(raw)
+
+
+def _http_date(text: str | None):
+    if not text:
+        return None
+    try:
+        return parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        raise BadRequest(f"`{text}` is not an HTTP date (e.g. Wed, 21 Oct 2015 07:28:00 GMT).") from None
+
+
+def build(
+    http: Request,
+    settings: Settings,
+    interaction: str,
+    *,
+    resource_type: str | None = None,
+    id: str | None = None,
+    version_id: str | None = None,
+    with_body: bool = False,
+) -> FhirRequest:
+    params = tuple((key, value) for key, value in http.args.items(multi=True))
+    return FhirRequest(
+        interaction=interaction,
+        base_url=base_url(http, settings),
+        resource_type=resource_type,
+        id=id,
+        version_id=version_id,
+        params=params,
+        body=read_body(http, settings) if with_body else None,
+        if_match=http.headers.get("If-Match"),
+        if_none_match=http.headers.get("If-None-Match"),
+        if_modified_since=_http_date(http.headers.get("If-Modified-Since")),
+        if_none_exist=http.headers.get("If-None-Exist"),
+        url=http.url,
+    )

@@ -1,0 +1,74 @@
+"""The URL table of the FHIR REST API (http://hl7.org/fhir/R4/http.html), under the base path."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, request
+
+from fhirserver.http.dispatch import Services, dispatch
+from fhirserver.http.errors import error_response
+from fhirserver.http.response import Shape, render
+
+
+def _services() -> Services:
+    return current_app.extensions["fhirserver"]
+
+
+def _run(code: str, **path: str) -> object:
+    return dispatch(_services(), request, code, **path)
+
+
+def blueprint(base_path: str) -> Blueprint:
+    api = Blueprint("fhir", __name__, url_prefix=base_path.rstrip("/") or None)
+
+    api.add_url_rule("/metadata", "capabilities", lambda: _run("capabilities"), methods=["GET"])
+    api.add_url_rule("/_history", "history-system", lambda: _run("history-system"), methods=["GET"])
+    api.add_url_rule(
+        "/<resource_type>",
+        "type",
+        lambda resource_type: _run("create" if request.method == "POST" else "search-type", resource_type=resource_type),
+        methods=["GET", "POST"],
+    )
+    api.add_url_rule(
+        "/<resource_type>/_search",
+        "search-post",
+        lambda resource_type: _run("search-type", resource_type=resource_type),
+        methods=["POST"],
+    )
+    api.add_url_rule(
+        "/<resource_type>/_history",
+        "history-type",
+        lambda resource_type: _run("history-type", resource_type=resource_type),
+        methods=["GET"],
+    )
+    api.add_url_rule(
+        "/<resource_type>/<id>",
+        "instance",
+        lambda resource_type, id: _run(
+            {"GET": "read", "HEAD": "read", "PUT": "update", "DELETE": "delete"}[request.method],
+            resource_type=resource_type,
+            id=id,
+        ),
+        methods=["GET", "PUT", "DELETE"],
+    )
+    api.add_url_rule(
+        "/<resource_type>/<id>/_history",
+        "history-instance",
+        lambda resource_type, id: _run("history-instance", resource_type=resource_type, id=id),
+        methods=["GET"],
+    )
+    api.add_url_rule(
+        "/<resource_type>/<id>/_history/<version_id>",
+        "vread",
+        lambda resource_type, id, version_id: _run("vread", resource_type=resource_type, id=id, version_id=version_id),
+        methods=["GET"],
+    )
+    return api
+
+
+def register_error_handlers(app) -> None:
+    """Anything Flask itself rejects (unknown URL, wrong method) also answers an OperationOutcome."""
+    from werkzeug.exceptions import HTTPException
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        return render(error_response(error), Shape())

@@ -1,0 +1,1 @@
+"""Outside formats -> FHIR: pure functions and data (filled by later issues)."""

@@ -1,0 +1,302 @@
+"""The Repository protocol and its SQL implementation.
+
+Handlers (interactions/, operations/) only ever talk to a Repository; the
+consent work wraps it in a GuardedRepository. The SQL implementation runs
+inside the request's transaction (``Database.transaction``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import orjson
+from sqlalchemy import Connection, exists, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from fhirserver.errors import PreconditionFailed
+from fhirserver.resources import meta
+from fhirserver.storage.tables import resource, resource_history, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One version of a resource as stored. ``body`` is the JSON bytes (None for a tombstone)."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    body: bytes | None
+    method: str = "PUT"
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    version: StoredVersion
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """Which versions a history interaction wants (http://hl7.org/fhir/R4/http.html#history)."""
+
+    resource_type: str | None = None
+    id: str | None = None
+    since: datetime | None = None
+    #: ``_at`` as a half-open range [start, end) from its precision.
+    at: tuple[datetime, datetime] | None = None
+    #: Keyset cursor: only versions with seq < before_seq (newest first).
+    before_seq: int | None = None
+    count: int = 20
+
+
+class Repository(Protocol):
+    def read(self, resource_type: str, id: str) -> StoredVersion | None: ...
+
+    def vread(self, resource_type: str, id: str, version_id: int) -> StoredVersion | None: ...
+
+    def create(self, resource: dict, *, id: str | None = None) -> StoredVersion: ...
+
+    def update(
+        self, resource: dict, id: str, *, if_match: int | None = None, method: str = "PUT"
+    ) -> WriteResult: ...
+
+    def delete(self, resource_type: str, id: str, *, if_match: int | None = None) -> StoredVersion | None: ...
+
+    def history(self, query: HistoryQuery) -> list[StoredVersion]: ...
+
+
+_MS = timedelta(milliseconds=1)
+
+
+def _truncate_ms(moment: datetime) -> datetime:
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _next_timestamp(previous: datetime | None) -> datetime:
+    """Now, truncated to ms (the precision of meta.lastUpdated), and never before the previous version."""
+    now = _truncate_ms(utcnow())
+    if previous is not None and now <= previous:
+        now = previous + _MS
+    return now
+
+
+class SqlRepository:
+    """Repository over the ``resource`` and ``resource_history`` tables."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.dialect = conn.dialect.name
+
+    # -- reads ---------------------------------------------------------------
+
+    def read(self, resource_type: str, id: str) -> StoredVersion | None:
+        row = self.conn.execute(
+            select(
+                resource.c.version_id,
+                resource.c.last_updated,
+                resource.c.deleted,
+                resource.c.body,
+            ).where(resource.c.resource_type == resource_type, resource.c.id == id)
+        ).first()
+        if row is None:
+            return None
+        return StoredVersion(resource_type, id, row.version_id, row.last_updated, row.deleted, row.body)
+
+    def vread(self, resource_type: str, id: str, version_id: int) -> StoredVersion | None:
+        h = resource_history.c
+        row = self.conn.execute(
+            select(h.last_updated, h.deleted, h.body, h.method, h.seq).where(
+                h.resource_type == resource_type, h.id == id, h.version_id == version_id
+            )
+        ).first()
+        if row is None:
+            return None
+        return StoredVersion(
+            resource_type, id, version_id, row.last_updated, row.deleted, row.body, row.method, row.seq
+        )
+
+    def history(self, query: HistoryQuery) -> list[StoredVersion]:
+        h = resource_history.c
+        stmt = select(
+            h.resource_type, h.id, h.version_id, h.last_updated, h.deleted, h.body, h.method, h.seq
+        )
+        if query.resource_type is not None:
+            stmt = stmt.where(h.resource_type == query.resource_type)
+        if query.id is not None:
+            stmt = stmt.where(h.id == query.id)
+        if query.since is not None:
+            stmt = stmt.where(h.last_updated >= query.since)
+        if query.at is not None:
+            start, end = query.at
+            later = resource_history.alias("later")
+            # Versions current at some moment of [start, end): written before the
+            # end, and not already replaced by a version written at or before the start.
+            stmt = stmt.where(
+                h.last_updated < end,
+                ~exists().where(
+                    later.c.resource_type == h.resource_type,
+                    later.c.id == h.id,
+                    later.c.version_id > h.version_id,
+                    later.c.last_updated <= start,
+                ),
+            )
+        if query.before_seq is not None:
+            stmt = stmt.where(h.seq < query.before_seq)
+        stmt = stmt.order_by(h.seq.desc()).limit(query.count)
+        return [
+            StoredVersion(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.body, r.method, r.seq)
+            for r in self.conn.execute(stmt)
+        ]
+
+    # -- writes --------------------------------------------------------------
+
+    def create(self, resource_json: dict, *, id: str | None = None) -> StoredVersion:
+        """Insert version 1 under a new server-assigned id."""
+        resource_id = id or meta.new_id()
+        last_updated = _next_timestamp(None)
+        body = self._body(resource_json, resource_id, 1, last_updated)
+        self.conn.execute(
+            insert(resource).values(
+                resource_type=resource_json["resourceType"],
+                id=resource_id,
+                version_id=1,
+                last_updated=last_updated,
+                deleted=False,
+                patient_id=_patient_id(resource_json["resourceType"], resource_id),
+                body=body,
+            )
+        )
+        return self._append_history(resource_json["resourceType"], resource_id, 1, last_updated, False, "POST", body)
+
+    def update(
+        self, resource_json: dict, id: str, *, if_match: int | None = None, method: str = "PUT"
+    ) -> WriteResult:
+        """Write the next version of ``Type/id`` (version 1 if it never existed: update-as-create)."""
+        resource_type = resource_json["resourceType"]
+        current = self._lock_current(resource_type, id)
+        if current is None:
+            if if_match is not None:
+                raise PreconditionFailed(
+                    f"Resource `{resource_type}/{id}` does not exist, so version {if_match} does not match."
+                )
+            created = self._insert_first_version(resource_json, id, method)
+            if created is not None:
+                return WriteResult(created, True)
+            # Another transaction created it between our lookup and insert: lock and update it.
+            current = self._lock_current(resource_type, id)
+            assert current is not None
+        version_id, previous_updated, _deleted = current
+        if if_match is not None and if_match != version_id:
+            raise PreconditionFailed(
+                f"Resource `{resource_type}/{id}` is at version {version_id}, not {if_match} (If-Match)."
+            )
+        new_version = version_id + 1
+        last_updated = _next_timestamp(previous_updated)
+        body = self._body(resource_json, id, new_version, last_updated)
+        self.conn.execute(
+            update(resource)
+            .where(resource.c.resource_type == resource_type, resource.c.id == id)
+            .values(version_id=new_version, last_updated=last_updated, deleted=False, body=body)
+        )
+        version = self._append_history(resource_type, id, new_version, last_updated, False, method, body)
+        # A write after a delete brings the resource back; per R4 that is an update.
+        return WriteResult(version, False)
+
+    def delete(self, resource_type: str, id: str, *, if_match: int | None = None) -> StoredVersion | None:
+        """Write a tombstone version. Returns None when there was nothing to delete."""
+        current = self._lock_current(resource_type, id)
+        if current is None:
+            return None
+        version_id, previous_updated, deleted = current
+        if if_match is not None and if_match != version_id:
+            raise PreconditionFailed(
+                f"Resource `{resource_type}/{id}` is at version {version_id}, not {if_match} (If-Match)."
+            )
+        if deleted:
+            return None  # Deleting again is harmless and writes nothing.
+        new_version = version_id + 1
+        last_updated = _next_timestamp(previous_updated)
+        self.conn.execute(
+            update(resource)
+            .where(resource.c.resource_type == resource_type, resource.c.id == id)
+            .values(version_id=new_version, last_updated=last_updated, deleted=True, body=None)
+        )
+        return self._append_history(resource_type, id, new_version, last_updated, True, "DELETE", None)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _lock_current(self, resource_type: str, id: str) -> tuple[int, datetime, bool] | None:
+        stmt = select(resource.c.version_id, resource.c.last_updated, resource.c.deleted).where(
+            resource.c.resource_type == resource_type, resource.c.id == id
+        )
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        row = self.conn.execute(stmt).first()
+        return None if row is None else (row.version_id, row.last_updated, row.deleted)
+
+    def _insert_first_version(self, resource_json: dict, id: str, method: str) -> StoredVersion | None:
+        resource_type = resource_json["resourceType"]
+        last_updated = _next_timestamp(None)
+        body = self._body(resource_json, id, 1, last_updated)
+        dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        stmt = (
+            dialect_insert(resource)
+            .values(
+                resource_type=resource_type,
+                id=id,
+                version_id=1,
+                last_updated=last_updated,
+                deleted=False,
+                patient_id=_patient_id(resource_type, id),
+                body=body,
+            )
+            .on_conflict_do_nothing(index_elements=[resource.c.resource_type, resource.c.id])
+            .returning(resource.c.version_id)
+        )
+        if self.conn.execute(stmt).first() is None:
+            return None
+        return self._append_history(resource_type, id, 1, last_updated, False, method, body)
+
+    def _append_history(
+        self,
+        resource_type: str,
+        id: str,
+        version_id: int,
+        last_updated: datetime,
+        deleted: bool,
+        method: str,
+        body: bytes | None,
+    ) -> StoredVersion:
+        seq = self.conn.execute(
+            insert(resource_history)
+            .values(
+                resource_type=resource_type,
+                id=id,
+                version_id=version_id,
+                last_updated=last_updated,
+                deleted=deleted,
+                method=method,
+                body=body,
+            )
+            .returning(resource_history.c.seq)
+        ).scalar_one()
+        return StoredVersion(resource_type, id, version_id, last_updated, deleted, body, method, seq)
+
+    @staticmethod
+    def _body(resource_json: dict, id: str, version_id: int, last_updated: datetime) -> bytes:
+        return orjson.dumps(meta.stamp(resource_json, resource_id=id, version_id=version_id, last_updated=last_updated))
+
+
+def _patient_id(resource_type: str, id: str) -> str | None:
+    # Compartment membership of other types is computed by the consent work
+    # from the Patient CompartmentDefinition.
+    return id if resource_type == "Patient" else None
+
+
+__all__ = ["HistoryQuery", "Repository", "SqlRepository", "StoredVersion", "WriteResult"]
