@@ -5,12 +5,12 @@ from __future__ import annotations
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import orjson
 from flask import Request
 
 from fhirserver.errors import BadRequest, Malformed, PayloadTooLarge
 from fhirserver.http.formats import JSON, body_format
 from fhirserver.interactions.request import FhirRequest
+from fhirserver.resources import jsonio
 from fhirserver.resources.xml import parse_xml
 from fhirserver.settings import Settings
 
@@ -36,8 +36,8 @@ def read_body(http: Request, settings: Settings) -> dict[str, Any] | None:
         return None
     if body_format(http.headers.get("Content-Type"), raw) == JSON:
         try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            parsed = jsonio.loads(raw)
+        except (ValueError, RecursionError) as exc:
             raise Malformed(f"The body is not valid JSON: {exc}.") from None
         if not isinstance(parsed, dict):
             raise Malformed("The body must be a JSON object (a FHIR resource).")

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from email.utils import format_datetime
 from typing import Any
 
-import orjson
 from flask import Response
 
 from fhirserver.errors import BadRequest, Issue
 from fhirserver.http.formats import DEFAULT, JSON, ResponseFormat
 from fhirserver.interactions.request import FhirResponse
+from fhirserver.resources import jsonio
 from fhirserver.resources.outcome import operation_outcome
 from fhirserver.resources.subset import apply_elements, apply_summary
 from fhirserver.resources.xml import to_xml
@@ -91,8 +91,7 @@ def render(response: FhirResponse, shape: Shape, *, shape_resource: bool = False
 
     if shape.format.format == JSON:
         if body is None or shape.pretty:
-            option = orjson.OPT_INDENT_2 if shape.pretty else 0
-            body = orjson.dumps(_as_dict(body, resource) if shape.pretty else resource, option=option)
+            body = jsonio.dumps(_as_dict(body, resource) if shape.pretty else resource, pretty=shape.pretty)
         return Response(body, status=response.status, headers=headers, content_type=shape.format.content_type)
     xml = to_xml(_as_dict(body, resource), pretty=shape.pretty)
     return Response(xml, status=response.status, headers=headers, content_type=shape.format.content_type)
@@ -101,8 +100,8 @@ def render(response: FhirResponse, shape: Shape, *, shape_resource: bool = False
 def _as_dict(body: bytes | None, resource: Any) -> dict:
     """A plain dict of the answer: parses stored bytes, resolves embedded orjson Fragments."""
     if body is not None:
-        return orjson.loads(body)
-    return orjson.loads(orjson.dumps(resource))
+        return jsonio.loads(body)
+    return jsonio.loads(jsonio.dumps(resource))
 
 
 def _write_outcome(response: FhirResponse) -> Issue:

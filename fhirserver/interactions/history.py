@@ -9,6 +9,7 @@ history sequence), so inserts made while a client pages do not shift pages.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import urlencode
 
 import orjson
@@ -40,7 +41,7 @@ def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
         count=_count(request.param("_count")),
     )
     # One extra row tells whether there is a next page without counting.
-    versions = repository.history(HistoryQuery(**{**query.__dict__, "count": query.count + 1}))
+    versions = repository.history(replace(query, count=query.count + 1))
     has_next = len(versions) > query.count
     versions = versions[: query.count]
     bundle: dict = {"resourceType": "Bundle", "type": "history", "link": _links(request, versions, has_next)}

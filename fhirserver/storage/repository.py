@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-import orjson
 from sqlalchemy import Connection, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fhirserver.errors import PreconditionFailed
-from fhirserver.resources import meta
+from fhirserver.resources import jsonio, meta
 from fhirserver.storage.tables import resource, resource_history, utcnow
 
 
@@ -290,7 +289,7 @@ class SqlRepository:
 
     @staticmethod
     def _body(resource_json: dict, id: str, version_id: int, last_updated: datetime) -> bytes:
-        return orjson.dumps(meta.stamp(resource_json, resource_id=id, version_id=version_id, last_updated=last_updated))
+        return jsonio.dumps(meta.stamp(resource_json, resource_id=id, version_id=version_id, last_updated=last_updated))
 
 
 def _patient_id(resource_type: str, id: str) -> str | None:

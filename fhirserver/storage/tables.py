@@ -23,17 +23,32 @@ from sqlalchemy import (
     cast,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, UserDefinedType
 
 metadata = MetaData()
+
+
+class _JsonbAsText(UserDefinedType):
+    """JSONB in the DDL, but bound and fetched as text (no JSON round trip in Python)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw) -> str:
+        return "JSONB"
+
+    def bind_expression(self, bindvalue):
+        return cast(bindvalue, JSONB)
+
+    def column_expression(self, column):
+        return cast(column, Text)
 
 
 class JsonDocument(TypeDecorator):
     """A resource's JSON, handed in and out as UTF-8 bytes, never parsed.
 
-    On PostgreSQL the column is JSONB (queryable, compact); reads cast it back to
-    text so the server can return it without building Python objects. On SQLite
-    it is TEXT.
+    On PostgreSQL the column is JSONB (queryable, compact); it is bound as text
+    and read back cast to text, so the server returns it without building
+    Python objects. On SQLite it is TEXT.
     """
 
     impl = Text
@@ -41,35 +56,18 @@ class JsonDocument(TypeDecorator):
 
     def load_dialect_impl(self, dialect):
         if dialect.name == "postgresql":
-            return dialect.type_descriptor(JSONB())
+            return _JsonbAsText()
         return dialect.type_descriptor(Text())
-
-    def bind_expression(self, bindvalue):
-        return bindvalue
-
-    def column_expression(self, column):
-        # Cast JSONB -> text in SQL so psycopg hands over a str, not a dict.
-        return cast(column, Text)
 
     def process_bind_param(self, value, dialect):
         if value is None:
             return None
-        text = value.decode() if isinstance(value, bytes | bytearray) else value
-        if dialect.name == "postgresql":
-            # JSONB bind: psycopg needs a Json wrapper or a plain text cast.
-            from psycopg.types.json import Jsonb
-
-            return Jsonb(text, dumps=_identity)
-        return text
+        return value.decode() if isinstance(value, bytes | bytearray) else value
 
     def process_result_value(self, value, dialect):
         if value is None:
             return None
         return value.encode() if isinstance(value, str) else value
-
-
-def _identity(text: str) -> str:
-    return text
 
 
 class UtcDateTime(TypeDecorator):
