@@ -29,8 +29,16 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
 @DATABASE_OPTION
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Server processes.")
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(min=1), help="Request threads per process.")
+@click.option(
+    "--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Server processes."
+)
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Request threads per process.",
+)
 def serve(host: str, port: int, database_url: str, workers: int, threads: int) -> None:
     """Serve the FHIR API at http://HOST:PORT/fhir through the granian WSGI server."""
     from granian.constants import Interfaces
@@ -40,7 +48,9 @@ def serve(host: str, port: int, database_url: str, workers: int, threads: int) -
     _prepare_schema(settings)
     # Worker processes build their app from the environment (fhirserver.wsgi).
     os.environ["FHIRSERVER_DATABASE_URL"] = settings.database_url
-    click.echo(f"fhirserver: serving http://{host}:{port}{settings.base_path} on {_safe(settings.database_url)} with {workers} worker(s)")
+    click.echo(
+        f"fhirserver: serving http://{host}:{port}{settings.base_path} on {_safe(settings.database_url)} with {workers} worker(s)"
+    )
     Server(
         "fhirserver.wsgi:application",
         address=host,
@@ -66,7 +76,9 @@ def db_upgrade(database_url: str) -> None:
 
     engine = make_engine(database_url)
     upgrade(engine)
-    click.echo(f"fhirserver: database {_safe(database_url)} is at revision {current_revision(engine)}")
+    click.echo(
+        f"fhirserver: database {_safe(database_url)} is at revision {current_revision(engine)}"
+    )
     engine.dispose()
 
 

@@ -26,7 +26,13 @@ class FhirError(Exception):
     status: int = 500
     code: str = "exception"
 
-    def __init__(self, message: str, *, issues: list[Issue] | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        issues: list[Issue] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.issues = issues or [Issue(code=self.code, diagnostics=message)]

@@ -36,10 +36,14 @@ def database_url(tmp_path_factory) -> Iterator[str]:
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'fhirserver.db'}"
         return
     if BACKEND != "postgres":
-        raise pytest.UsageError(f"FHIRSERVER_TEST_BACKEND must be sqlite or postgres, not {BACKEND!r}")
+        raise pytest.UsageError(
+            f"FHIRSERVER_TEST_BACKEND must be sqlite or postgres, not {BACKEND!r}"
+        )
     server = os.environ.get("FHIRSERVER_TEST_POSTGRES_URL")
     if not server:
-        raise pytest.UsageError("FHIRSERVER_TEST_BACKEND=postgres needs FHIRSERVER_TEST_POSTGRES_URL")
+        raise pytest.UsageError(
+            "FHIRSERVER_TEST_BACKEND=postgres needs FHIRSERVER_TEST_POSTGRES_URL"
+        )
     import psycopg
     from sqlalchemy.engine import make_url
 

@@ -55,7 +55,11 @@ def dispatch(
     request: FhirRequest | None = None
     shape = Shape()
     try:
-        shape = parse_shape(response_format(http.args.get("_format"), http.headers.get("Accept")), http.args, http.headers.get("Prefer"))
+        shape = parse_shape(
+            response_format(http.args.get("_format"), http.headers.get("Accept")),
+            http.args,
+            http.headers.get("Prefer"),
+        )
         principal = _authenticate(http)
         if resource_type is not None and not is_resource_type(resource_type):
             raise NotFound(f"Resource type `{resource_type}` is not supported by this server.")
@@ -92,5 +96,7 @@ def _repository_for(repository: Repository, principal: Principal) -> Repository:
     return repository
 
 
-def _audit_failure(request: FhirRequest | None, principal: Principal, response: FhirResponse, error: Exception) -> None:
+def _audit_failure(
+    request: FhirRequest | None, principal: Principal, response: FhirResponse, error: Exception
+) -> None:
     audit.record(None, request, principal, response, error)

@@ -49,7 +49,9 @@ def body_format(content_type: str | None, body: bytes) -> str:
             return JSON
         if first == b"<":
             return XML
-        raise UnsupportedMediaType("The request has a body but no Content-Type; use application/fhir+json or application/fhir+xml.")
+        raise UnsupportedMediaType(
+            "The request has a body but no Content-Type; use application/fhir+json or application/fhir+xml."
+        )
     mime = content_type.split(";", 1)[0].strip().lower()
     if mime not in _MIME_FORMAT:
         raise UnsupportedMediaType(
@@ -61,7 +63,9 @@ def body_format(content_type: str | None, body: bytes) -> str:
 def response_format(format_param: str | None, accept: str | None) -> ResponseFormat:
     """The format to answer in: ``_format`` first, then the Accept header (406 when nothing fits)."""
     if format_param:
-        key = format_param.strip().lower().replace(" ", "+")  # '+' arrives as ' ' from a query string
+        key = (
+            format_param.strip().lower().replace(" ", "+")
+        )  # '+' arrives as ' ' from a query string
         key = key.split(";", 1)[0]
         if key not in _FORMAT_PARAM:
             raise NotAcceptable(f"_format `{format_param}` is not supported; use json or xml.")
@@ -95,5 +99,7 @@ def response_format(format_param: str | None, accept: str | None) -> ResponseFor
         if best is None or key[:2] > best[:2]:
             best = key
     if best is None:
-        raise NotAcceptable(f"None of the media types in `Accept: {accept}` is served; use application/fhir+json or application/fhir+xml.")
+        raise NotAcceptable(
+            f"None of the media types in `Accept: {accept}` is served; use application/fhir+json or application/fhir+xml."
+        )
     return best[2]

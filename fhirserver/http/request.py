@@ -28,10 +28,14 @@ def read_body(http: Request, settings: Settings) -> dict[str, Any] | None:
     """The request's resource as a JSON dict (None without a body)."""
     length = http.content_length
     if length is not None and length > settings.max_body_bytes:
-        raise PayloadTooLarge(f"The request body has {length} bytes; the limit is {settings.max_body_bytes}.")
+        raise PayloadTooLarge(
+            f"The request body has {length} bytes; the limit is {settings.max_body_bytes}."
+        )
     raw = http.stream.read(settings.max_body_bytes + 1)
     if len(raw) > settings.max_body_bytes:
-        raise PayloadTooLarge(f"The request body is over the limit of {settings.max_body_bytes} bytes.")
+        raise PayloadTooLarge(
+            f"The request body is over the limit of {settings.max_body_bytes} bytes."
+        )
     if not raw.strip():
         return None
     if body_format(http.headers.get("Content-Type"), raw) == JSON:
@@ -51,7 +55,9 @@ def _http_date(text: str | None):
     try:
         return parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
-        raise BadRequest(f"`{text}` is not an HTTP date (e.g. Wed, 21 Oct 2015 07:28:00 GMT).") from None
+        raise BadRequest(
+            f"`{text}` is not an HTTP date (e.g. Wed, 21 Oct 2015 07:28:00 GMT)."
+        ) from None
 
 
 def build(

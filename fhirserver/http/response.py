@@ -36,7 +36,9 @@ class Shape:
 
     @property
     def reshapes(self) -> bool:
-        return self.pretty or self.format.format != JSON or bool(self.summary) or bool(self.elements)
+        return (
+            self.pretty or self.format.format != JSON or bool(self.summary) or bool(self.elements)
+        )
 
 
 def parse_shape(fmt: ResponseFormat, args, prefer: str | None) -> Shape:
@@ -45,7 +47,10 @@ def parse_shape(fmt: ResponseFormat, args, prefer: str | None) -> Shape:
     if summary is not None and summary not in ("true", "text", "data", "false", "count"):
         raise BadRequest(f"_summary `{summary}` is not one of true, text, data, count, false.")
     elements = tuple(
-        name.strip() for value in args.getlist("_elements") for name in value.split(",") if name.strip()
+        name.strip()
+        for value in args.getlist("_elements")
+        for name in value.split(",")
+        if name.strip()
     )
     return Shape(fmt, pretty, summary, elements, _prefer_return(prefer))
 
@@ -91,10 +96,16 @@ def render(response: FhirResponse, shape: Shape, *, shape_resource: bool = False
 
     if shape.format.format == JSON:
         if body is None or shape.pretty:
-            body = jsonio.dumps(_as_dict(body, resource) if shape.pretty else resource, pretty=shape.pretty)
-        return Response(body, status=response.status, headers=headers, content_type=shape.format.content_type)
+            body = jsonio.dumps(
+                _as_dict(body, resource) if shape.pretty else resource, pretty=shape.pretty
+            )
+        return Response(
+            body, status=response.status, headers=headers, content_type=shape.format.content_type
+        )
     xml = to_xml(_as_dict(body, resource), pretty=shape.pretty)
-    return Response(xml, status=response.status, headers=headers, content_type=shape.format.content_type)
+    return Response(
+        xml, status=response.status, headers=headers, content_type=shape.format.content_type
+    )
 
 
 def _as_dict(body: bytes | None, resource: Any) -> dict:
@@ -107,4 +118,6 @@ def _as_dict(body: bytes | None, resource: Any) -> dict:
 def _write_outcome(response: FhirResponse) -> Issue:
     what = response.location or "the resource"
     verb = "created" if response.status == 201 else "updated"
-    return Issue(code="informational", severity="information", diagnostics=f"Successfully {verb} {what}.")
+    return Issue(
+        code="informational", severity="information", diagnostics=f"Successfully {verb} {what}."
+    )

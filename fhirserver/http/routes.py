@@ -25,7 +25,9 @@ def blueprint(base_path: str) -> Blueprint:
     api.add_url_rule(
         "/<resource_type>",
         "type",
-        lambda resource_type: _run("create" if request.method == "POST" else "search-type", resource_type=resource_type),
+        lambda resource_type: _run(
+            "create" if request.method == "POST" else "search-type", resource_type=resource_type
+        ),
         methods=["GET", "POST"],
     )
     api.add_url_rule(
@@ -59,7 +61,9 @@ def blueprint(base_path: str) -> Blueprint:
     api.add_url_rule(
         "/<resource_type>/<id>/_history/<version_id>",
         "vread",
-        lambda resource_type, id, version_id: _run("vread", resource_type=resource_type, id=id, version_id=version_id),
+        lambda resource_type, id, version_id: _run(
+            "vread", resource_type=resource_type, id=id, version_id=version_id
+        ),
         methods=["GET"],
     )
     return api

@@ -23,7 +23,10 @@ RELEASE_DATE = "2026-11-29"
 
 def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
     statement = dict(_statement_template())
-    statement["implementation"] = {"description": "fhirserver FHIR R4 server", "url": request.base_url}
+    statement["implementation"] = {
+        "description": "fhirserver FHIR R4 server",
+        "url": request.base_url,
+    }
     return FhirResponse(status=200, resource=statement)
 
 

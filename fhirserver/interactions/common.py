@@ -27,7 +27,9 @@ def require_present(resource_type: str, id: str, version: StoredVersion | None) 
     return version
 
 
-def resource_response(version: StoredVersion, *, status: int = 200, base_url: str | None = None) -> FhirResponse:
+def resource_response(
+    version: StoredVersion, *, status: int = 200, base_url: str | None = None
+) -> FhirResponse:
     """A single stored version as a response, with ETag and Last-Modified."""
     location = None
     if base_url is not None:
@@ -50,5 +52,5 @@ def parse_version_tag(etag: str | None) -> int | None:
         text = text[2:]
     text = text.strip('"')
     if not text.isdigit():
-        raise BadRequest(f"`{etag}` is not a version ETag (expected W/\"<versionId>\").")
+        raise BadRequest(f'`{etag}` is not a version ETag (expected W/"<versionId>").')
     return int(text)

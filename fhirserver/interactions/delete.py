@@ -25,6 +25,8 @@ def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
         message = f"Resource `{resource_type}/{id}` was deleted (version {tombstone.version_id})."
     return FhirResponse(
         status=200,
-        resource=operation_outcome([Issue(code="informational", diagnostics=message, severity="information")]),
+        resource=operation_outcome(
+            [Issue(code="informational", diagnostics=message, severity="information")]
+        ),
         version_id=None if tombstone is None else tombstone.version_id,
     )

@@ -36,7 +36,9 @@ def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
         resource_type=request.resource_type,
         id=request.id,
         since=_since(request.param("_since")),
-        at=None if request.param("_at") is None else parse_range(request.param("_at") or "", what="_at date"),
+        at=None
+        if request.param("_at") is None
+        else parse_range(request.param("_at") or "", what="_at date"),
         before_seq=_cursor(request.param(CURSOR)),
         count=_count(request.param("_count")),
     )
@@ -44,7 +46,11 @@ def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
     versions = repository.history(replace(query, count=query.count + 1))
     has_next = len(versions) > query.count
     versions = versions[: query.count]
-    bundle: dict = {"resourceType": "Bundle", "type": "history", "link": _links(request, versions, has_next)}
+    bundle: dict = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "link": _links(request, versions, has_next),
+    }
     bundle["entry"] = [_entry(request.base_url, version) for version in versions]
     return FhirResponse(status=200, resource=bundle)
 
@@ -55,7 +61,10 @@ def _entry(base_url: str, version: StoredVersion) -> dict:
     if version.body is not None:
         # The stored bytes go into the Bundle as they are (no parse, no re-encode).
         entry["resource"] = orjson.Fragment(version.body)
-    entry["request"] = {"method": version.method, "url": version.resource_type if version.method == "POST" else url}
+    entry["request"] = {
+        "method": version.method,
+        "url": version.resource_type if version.method == "POST" else url,
+    }
     entry["response"] = {
         "status": _STATUS.get(version.method, "200 OK"),
         "etag": f'W/"{version.version_id}"',
@@ -70,7 +79,9 @@ def _links(request: FhirRequest, versions: list[StoredVersion], has_next: bool) 
     kept = [(key, value) for key, value in request.params if key != CURSOR]
     links = [{"relation": "self", "url": request.url or _url(base, request.params)}]
     if has_next and versions:
-        links.append({"relation": "next", "url": _url(base, [*kept, (CURSOR, str(versions[-1].seq))])})
+        links.append(
+            {"relation": "next", "url": _url(base, [*kept, (CURSOR, str(versions[-1].seq))])}
+        )
     return links
 
 

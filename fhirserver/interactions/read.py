@@ -15,10 +15,14 @@ from fhirserver.storage.repository import Repository
 def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
     assert request.resource_type is not None and request.id is not None
     require_valid_id(request.resource_type, request.id)
-    version = require_present(request.resource_type, request.id, repository.read(request.resource_type, request.id))
+    version = require_present(
+        request.resource_type, request.id, repository.read(request.resource_type, request.id)
+    )
     response = resource_response(version)
     if _not_modified(request, response):
-        return FhirResponse(status=304, version_id=response.version_id, last_modified=response.last_modified)
+        return FhirResponse(
+            status=304, version_id=response.version_id, last_modified=response.last_modified
+        )
     return response
 
 

@@ -29,7 +29,16 @@ class Interaction:
 
 
 def _build() -> dict[str, Interaction]:
-    from fhirserver.interactions import capabilities, create, delete, history, read, search, update, vread
+    from fhirserver.interactions import (
+        capabilities,
+        create,
+        delete,
+        history,
+        read,
+        search,
+        update,
+        vread,
+    )
 
     table = [
         Interaction("read", "instance", False, read.handle),

@@ -23,10 +23,14 @@ def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
     resource = validate_resource(request.body, resource_type)
     body_id = resource.get("id")
     if body_id is None:
-        raise BadRequest(f"The resource has no id; update of `{resource_type}/{id}` needs `id` = `{id}` in the body.")
+        raise BadRequest(
+            f"The resource has no id; update of `{resource_type}/{id}` needs `id` = `{id}` in the body."
+        )
     if body_id != id:
         raise BadRequest(f"The resource id `{body_id}` does not match the URL id `{id}`.")
     result = repository.update(resource, id, if_match=parse_version_tag(request.if_match))
-    response = resource_response(result.version, status=201 if result.created else 200, base_url=request.base_url)
+    response = resource_response(
+        result.version, status=201 if result.created else 200, base_url=request.base_url
+    )
     response.is_write_result = True
     return response

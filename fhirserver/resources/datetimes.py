@@ -23,7 +23,9 @@ def parse_range(text: str, *, what: str = "date") -> tuple[datetime, datetime]:
     """The half-open UTC range [start, end) that a FHIR date/dateTime/instant covers."""
     match = _DATETIME.fullmatch(text.strip())
     if match is None:
-        raise BadRequest(f"`{text}` is not a valid FHIR {what} (expected e.g. 2024, 2024-05-01 or 2024-05-01T10:00:00Z).")
+        raise BadRequest(
+            f"`{text}` is not a valid FHIR {what} (expected e.g. 2024, 2024-05-01 or 2024-05-01T10:00:00Z)."
+        )
     g = match.groupdict()
     try:
         zone = _zone(g["zone"])
@@ -39,7 +41,9 @@ def parse_range(text: str, *, what: str = "date") -> tuple[datetime, datetime]:
             start = datetime(year, int(g["month"]), int(g["day"]), tzinfo=zone)
             end = start + timedelta(days=1)
         else:
-            start = datetime(year, int(g["month"]), int(g["day"]), int(g["hour"]), int(g["minute"]), tzinfo=zone)
+            start = datetime(
+                year, int(g["month"]), int(g["day"]), int(g["hour"]), int(g["minute"]), tzinfo=zone
+            )
             if g["second"] is None:
                 end = start + timedelta(minutes=1)
             else:

@@ -30,7 +30,9 @@ def _reject_constant(name: str) -> Any:
 
 def loads(data: bytes | str) -> Any:
     """Parse JSON; decimals become Decimal. Raises ValueError on malformed input."""
-    return json.loads(data, parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant)
+    return json.loads(
+        data, parse_float=Decimal, parse_int=_parse_int, parse_constant=_reject_constant
+    )
 
 
 def _default(value: Any) -> Any:

@@ -8,7 +8,11 @@ from fhirserver.errors import Issue
 def operation_outcome(issues: list[Issue]) -> dict:
     out = []
     for issue in issues:
-        item: dict = {"severity": issue.severity, "code": issue.code, "diagnostics": issue.diagnostics}
+        item: dict = {
+            "severity": issue.severity,
+            "code": issue.code,
+            "diagnostics": issue.diagnostics,
+        }
         if issue.expression:
             item["expression"] = list(issue.expression)
         out.append(item)

@@ -65,7 +65,9 @@ class Repository(Protocol):
         self, resource: dict, id: str, *, if_match: int | None = None, method: str = "PUT"
     ) -> WriteResult: ...
 
-    def delete(self, resource_type: str, id: str, *, if_match: int | None = None) -> StoredVersion | None: ...
+    def delete(
+        self, resource_type: str, id: str, *, if_match: int | None = None
+    ) -> StoredVersion | None: ...
 
     def history(self, query: HistoryQuery) -> list[StoredVersion]: ...
 
@@ -105,7 +107,9 @@ class SqlRepository:
         ).first()
         if row is None:
             return None
-        return StoredVersion(resource_type, id, row.version_id, row.last_updated, row.deleted, row.body)
+        return StoredVersion(
+            resource_type, id, row.version_id, row.last_updated, row.deleted, row.body
+        )
 
     def vread(self, resource_type: str, id: str, version_id: int) -> StoredVersion | None:
         h = resource_history.c
@@ -117,7 +121,14 @@ class SqlRepository:
         if row is None:
             return None
         return StoredVersion(
-            resource_type, id, version_id, row.last_updated, row.deleted, row.body, row.method, row.seq
+            resource_type,
+            id,
+            version_id,
+            row.last_updated,
+            row.deleted,
+            row.body,
+            row.method,
+            row.seq,
         )
 
     def history(self, query: HistoryQuery) -> list[StoredVersion]:
@@ -149,7 +160,16 @@ class SqlRepository:
             stmt = stmt.where(h.seq < query.before_seq)
         stmt = stmt.order_by(h.seq.desc()).limit(query.count)
         return [
-            StoredVersion(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.body, r.method, r.seq)
+            StoredVersion(
+                r.resource_type,
+                r.id,
+                r.version_id,
+                r.last_updated,
+                r.deleted,
+                r.body,
+                r.method,
+                r.seq,
+            )
             for r in self.conn.execute(stmt)
         ]
 
@@ -171,7 +191,9 @@ class SqlRepository:
                 body=body,
             )
         )
-        return self._append_history(resource_json["resourceType"], resource_id, 1, last_updated, False, "POST", body)
+        return self._append_history(
+            resource_json["resourceType"], resource_id, 1, last_updated, False, "POST", body
+        )
 
     def update(
         self, resource_json: dict, id: str, *, if_match: int | None = None, method: str = "PUT"
@@ -203,11 +225,15 @@ class SqlRepository:
             .where(resource.c.resource_type == resource_type, resource.c.id == id)
             .values(version_id=new_version, last_updated=last_updated, deleted=False, body=body)
         )
-        version = self._append_history(resource_type, id, new_version, last_updated, False, method, body)
+        version = self._append_history(
+            resource_type, id, new_version, last_updated, False, method, body
+        )
         # A write after a delete brings the resource back; per R4 that is an update.
         return WriteResult(version, False)
 
-    def delete(self, resource_type: str, id: str, *, if_match: int | None = None) -> StoredVersion | None:
+    def delete(
+        self, resource_type: str, id: str, *, if_match: int | None = None
+    ) -> StoredVersion | None:
         """Write a tombstone version. Returns None when there was nothing to delete."""
         current = self._lock_current(resource_type, id)
         if current is None:
@@ -226,7 +252,9 @@ class SqlRepository:
             .where(resource.c.resource_type == resource_type, resource.c.id == id)
             .values(version_id=new_version, last_updated=last_updated, deleted=True, body=None)
         )
-        return self._append_history(resource_type, id, new_version, last_updated, True, "DELETE", None)
+        return self._append_history(
+            resource_type, id, new_version, last_updated, True, "DELETE", None
+        )
 
     # -- helpers -------------------------------------------------------------
 
@@ -239,7 +267,9 @@ class SqlRepository:
         row = self.conn.execute(stmt).first()
         return None if row is None else (row.version_id, row.last_updated, row.deleted)
 
-    def _insert_first_version(self, resource_json: dict, id: str, method: str) -> StoredVersion | None:
+    def _insert_first_version(
+        self, resource_json: dict, id: str, method: str
+    ) -> StoredVersion | None:
         resource_type = resource_json["resourceType"]
         last_updated = _next_timestamp(None)
         body = self._body(resource_json, id, 1, last_updated)
@@ -285,11 +315,17 @@ class SqlRepository:
             )
             .returning(resource_history.c.seq)
         ).scalar_one()
-        return StoredVersion(resource_type, id, version_id, last_updated, deleted, body, method, seq)
+        return StoredVersion(
+            resource_type, id, version_id, last_updated, deleted, body, method, seq
+        )
 
     @staticmethod
     def _body(resource_json: dict, id: str, version_id: int, last_updated: datetime) -> bytes:
-        return jsonio.dumps(meta.stamp(resource_json, resource_id=id, version_id=version_id, last_updated=last_updated))
+        return jsonio.dumps(
+            meta.stamp(
+                resource_json, resource_id=id, version_id=version_id, last_updated=last_updated
+            )
+        )
 
 
 def _patient_id(resource_type: str, id: str) -> str | None:

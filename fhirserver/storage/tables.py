@@ -97,8 +97,12 @@ def utcnow() -> datetime:
 resource = Table(
     "resource",
     metadata,
-    Column("resource_type", String(64), primary_key=True),
-    Column("id", String(64), primary_key=True),
+    # A surrogate key: search index rows point at it (8 bytes instead of type + id).
+    Column(
+        "pk", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("resource_type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
     Column("version_id", Integer, nullable=False),
     Column("last_updated", UtcDateTime, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
@@ -107,13 +111,16 @@ resource = Table(
     Column("patient_id", String(64), nullable=True),
     Column("body", JsonDocument, nullable=True),
 )
+Index("ux_resource_type_id", resource.c.resource_type, resource.c.id, unique=True)
 Index("ix_resource_type_updated", resource.c.resource_type, resource.c.last_updated)
 Index("ix_resource_patient", resource.c.patient_id)
 
 resource_history = Table(
     "resource_history",
     metadata,
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("resource_type", String(64), nullable=False),
     Column("id", String(64), nullable=False),
     Column("version_id", Integer, nullable=False),

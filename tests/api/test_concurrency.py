@@ -31,7 +31,9 @@ def test_parallel_updates_of_one_resource_give_consecutive_versions(app, client)
     history = client.get(f"{BASE}/Patient/busy/_history?_count=100").get_json()
     versions = sorted(int(e["resource"]["meta"]["versionId"]) for e in history["entry"])
     assert versions == list(range(1, PARALLEL_UPDATES + 2))
-    assert client.get(f"{BASE}/Patient/busy").get_json()["meta"]["versionId"] == str(PARALLEL_UPDATES + 1)
+    assert client.get(f"{BASE}/Patient/busy").get_json()["meta"]["versionId"] == str(
+        PARALLEL_UPDATES + 1
+    )
     families = {e["resource"]["name"][0]["family"] for e in history["entry"]}
     assert families == {"Chalmers"} | {f"Writer{i}" for i in range(PARALLEL_UPDATES)}
 
@@ -49,4 +51,6 @@ def test_parallel_update_as_create_of_one_new_id_creates_it_once(app, client):
         statuses = list(pool.map(create, range(10)))
     assert statuses.count(201) == 1 and statuses.count(200) == 9
     history = client.get(f"{BASE}/Patient/newcomer/_history?_count=100").get_json()
-    assert sorted(int(e["resource"]["meta"]["versionId"]) for e in history["entry"]) == list(range(1, 11))
+    assert sorted(int(e["resource"]["meta"]["versionId"]) for e in history["entry"]) == list(
+        range(1, 11)
+    )

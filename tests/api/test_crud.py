@@ -33,7 +33,9 @@ def test_read_returns_what_create_stored(client):
 
 
 def test_server_sets_meta_and_ignores_client_version_and_last_updated(client):
-    sent = patient(meta={"versionId": "99", "lastUpdated": "1999-01-01T00:00:00Z", "tag": [{"code": "keep"}]})
+    sent = patient(
+        meta={"versionId": "99", "lastUpdated": "1999-01-01T00:00:00Z", "tag": [{"code": "keep"}]}
+    )
     body = post(client, sent).get_json()
     assert body["meta"]["versionId"] == "1"
     assert not body["meta"]["lastUpdated"].startswith("1999")
@@ -100,15 +102,30 @@ def test_update_after_delete_revives_resource_with_next_version(client):
 
 def test_conditional_read_if_none_match_is_304(client):
     put(client, patient(id="cached"))
-    assert client.get(f"{BASE}/Patient/cached", headers={"If-None-Match": 'W/"1"'}).status_code == 304
-    assert client.get(f"{BASE}/Patient/cached", headers={"If-None-Match": 'W/"2"'}).status_code == 200
+    assert (
+        client.get(f"{BASE}/Patient/cached", headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    )
+    assert (
+        client.get(f"{BASE}/Patient/cached", headers={"If-None-Match": 'W/"2"'}).status_code == 200
+    )
 
 
 def test_conditional_read_if_modified_since_is_304(client):
     response = put(client, patient(id="since"))
     last_modified = parsedate_to_datetime(response.headers["Last-Modified"])
-    assert client.get(f"{BASE}/Patient/since", headers={"If-Modified-Since": format_datetime(last_modified, usegmt=True)}).status_code == 304
-    assert client.get(f"{BASE}/Patient/since", headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}).status_code == 200
+    assert (
+        client.get(
+            f"{BASE}/Patient/since",
+            headers={"If-Modified-Since": format_datetime(last_modified, usegmt=True)},
+        ).status_code
+        == 304
+    )
+    assert (
+        client.get(
+            f"{BASE}/Patient/since", headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}
+        ).status_code
+        == 200
+    )
 
 
 def test_prefer_return_minimal_has_no_body(client):
@@ -154,7 +171,12 @@ def test_decimal_precision_is_kept(client):
         b'"component":[{"code":{"text":"tiny"},"valueQuantity":{"value":0.000120}},'
         b'{"code":{"text":"huge"},"valueQuantity":{"value":123456789012345678901234567890}}]}'
     )
-    assert client.put(f"{BASE}/Observation/dec", data=body, headers={"Content-Type": FHIR_JSON}).status_code == 201
+    assert (
+        client.put(
+            f"{BASE}/Observation/dec", data=body, headers={"Content-Type": FHIR_JSON}
+        ).status_code
+        == 201
+    )
     raw = client.get(f"{BASE}/Observation/dec").data
     assert b"1.50" in raw
     assert b"0.000120" in raw or b"0.00012" in raw and b"1.20E-4" not in raw

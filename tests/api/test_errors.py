@@ -33,7 +33,9 @@ def test_invalid_id_is_400(client):
     assert response.status_code in (400, 422)
 
 
-@pytest.mark.parametrize("body", [b"{", b"not json", b'{"resourceType": "Patient",}', b"[1, 2]", b'"text"'])
+@pytest.mark.parametrize(
+    "body", [b"{", b"not json", b'{"resourceType": "Patient",}', b"[1, 2]", b'"text"']
+)
 def test_malformed_json_is_400(client, body):
     response = client.post(f"{BASE}/Patient", data=body, headers={"Content-Type": FHIR_JSON})
     assert response.status_code == 400
@@ -42,12 +44,18 @@ def test_malformed_json_is_400(client, body):
 
 
 def test_malformed_xml_is_400(client):
-    response = client.post(f"{BASE}/Patient", data=b"<Patient xmlns='http://hl7.org/fhir'>", headers={"Content-Type": "application/fhir+xml"})
+    response = client.post(
+        f"{BASE}/Patient",
+        data=b"<Patient xmlns='http://hl7.org/fhir'>",
+        headers={"Content-Type": "application/fhir+xml"},
+    )
     assert response.status_code == 400
 
 
 def test_invalid_resource_names_element_path(client):
-    response = post(client, {"resourceType": "Patient", "name": [{"given": [5]}], "spaceship": True})
+    response = post(
+        client, {"resourceType": "Patient", "name": [{"given": [5]}], "spaceship": True}
+    )
     assert response.status_code == 422
     body = response.get_json()
     expressions = [e for issue in body["issue"] for e in issue.get("expression", [])]
@@ -57,25 +65,35 @@ def test_invalid_resource_names_element_path(client):
 
 
 def test_resource_type_not_matching_url_is_400(client):
-    response = client.post(f"{BASE}/Observation", data=orjson.dumps(patient()), headers={"Content-Type": FHIR_JSON})
+    response = client.post(
+        f"{BASE}/Observation", data=orjson.dumps(patient()), headers={"Content-Type": FHIR_JSON}
+    )
     assert response.status_code == 400
     assert "Observation" in outcome_text(response)
 
 
 def test_put_id_not_matching_url_is_400(client):
-    response = client.put(f"{BASE}/Patient/one", data=orjson.dumps(patient(id="two")), headers={"Content-Type": FHIR_JSON})
+    response = client.put(
+        f"{BASE}/Patient/one",
+        data=orjson.dumps(patient(id="two")),
+        headers={"Content-Type": FHIR_JSON},
+    )
     assert response.status_code == 400
     assert client.get(f"{BASE}/Patient/one").status_code == 404
     assert client.get(f"{BASE}/Patient/two").status_code == 404
 
 
 def test_put_without_id_in_body_is_400(client):
-    response = client.put(f"{BASE}/Patient/one", data=orjson.dumps(patient()), headers={"Content-Type": FHIR_JSON})
+    response = client.put(
+        f"{BASE}/Patient/one", data=orjson.dumps(patient()), headers={"Content-Type": FHIR_JSON}
+    )
     assert response.status_code == 400
 
 
 def test_unsupported_content_type_is_415(client):
-    response = client.post(f"{BASE}/Patient", data=orjson.dumps(patient()), headers={"Content-Type": "text/plain"})
+    response = client.post(
+        f"{BASE}/Patient", data=orjson.dumps(patient()), headers={"Content-Type": "text/plain"}
+    )
     assert response.status_code == 415
     assert history_count(client) == 0
 
@@ -93,7 +111,12 @@ def test_unsupported_format_param_is_406(client):
 
 def test_body_over_limit_is_413(client, app):
     limit = app.extensions["fhirserver"].settings.max_body_bytes
-    big = patient(text={"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">" + "x" * limit + "</div>"})
+    big = patient(
+        text={
+            "status": "generated",
+            "div": '<div xmlns="http://www.w3.org/1999/xhtml">' + "x" * limit + "</div>",
+        }
+    )
     response = post(client, big)
     assert response.status_code == 413
     assert history_count(client) == 0

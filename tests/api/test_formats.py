@@ -12,7 +12,10 @@ NS = {"f": "http://hl7.org/fhir"}
 def _rich_patient(id: str) -> dict:
     return patient(
         id=id,
-        text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Peter</div>'},
+        text={
+            "status": "generated",
+            "div": '<div xmlns="http://www.w3.org/1999/xhtml">Peter</div>',
+        },
         birthDate="1974-12-25",
         gender="male",
         maritalStatus={"text": "married"},
@@ -48,7 +51,10 @@ def test_create_from_xml_and_read_back_as_json(client):
 
 def test_application_json_and_xml_aliases(client):
     put(client, _rich_patient("alias"))
-    assert client.get(f"{BASE}/Patient/alias", headers={"Accept": "application/json"}).get_json()["id"] == "alias"
+    assert (
+        client.get(f"{BASE}/Patient/alias", headers={"Accept": "application/json"}).get_json()["id"]
+        == "alias"
+    )
     xml = client.get(f"{BASE}/Patient/alias", headers={"Accept": "application/xml"})
     assert xml.headers["Content-Type"].startswith("application/xml")
 
@@ -96,10 +102,21 @@ def test_capability_statement(client):
     statement = response.get_json()
     assert statement["resourceType"] == "CapabilityStatement"
     assert statement["fhirVersion"] == "4.0.1"
-    assert "application/fhir+xml" in statement["format"] and "application/fhir+json" in statement["format"]
+    assert (
+        "application/fhir+xml" in statement["format"]
+        and "application/fhir+json" in statement["format"]
+    )
     patient_entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
     codes = {i["code"] for i in patient_entry["interaction"]}
-    assert {"read", "vread", "update", "delete", "create", "history-instance", "history-type"} <= codes
+    assert {
+        "read",
+        "vread",
+        "update",
+        "delete",
+        "create",
+        "history-instance",
+        "history-type",
+    } <= codes
     assert {"code": "history-system"} in statement["rest"][0]["interaction"]
     xml = client.get(f"{BASE}/metadata?_format=xml")
     assert etree.fromstring(xml.data).find("f:fhirVersion", NS).get("value") == "4.0.1"

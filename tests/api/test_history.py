@@ -67,7 +67,9 @@ def test_since_keeps_only_newer_versions(client):
     bundle = client.get(f"{BASE}/Patient/_history", query_string={"_since": marker}).get_json()
     assert [e["resource"]["id"] for e in bundle["entry"]] == ["new", "old"][: len(bundle["entry"])]
     assert "new" in [e["resource"]["id"] for e in bundle["entry"]]
-    future = client.get(f"{BASE}/Patient/_history", query_string={"_since": "2999-01-01"}).get_json()
+    future = client.get(
+        f"{BASE}/Patient/_history", query_string={"_since": "2999-01-01"}
+    ).get_json()
     assert future.get("entry", []) == []
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from fhirserver.resources import jsonio
 from tests.api.helpers import BASE, FHIR_JSON, FHIR_XML
@@ -35,12 +36,30 @@ def _load(data: bytes) -> dict:
     return jsonio.loads(data)
 
 
+def _canonical_narratives(value):
+    """Narrative divs compared as canonical XML: the XML form cannot keep a JSON string's choice of escapes."""
+    if isinstance(value, dict):
+        return {
+            k: etree.tostring(etree.fromstring(v.encode()), method="c14n")
+            if k == "div" and isinstance(v, str)
+            else _canonical_narratives(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_canonical_narratives(v) for v in value]
+    return value
+
+
 def _without_meta(resource: dict) -> dict:
     return {k: v for k, v in resource.items() if k != "meta"}
 
 
 def _meta_rest(resource: dict) -> dict:
-    return {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    return {
+        k: v
+        for k, v in (resource.get("meta") or {}).items()
+        if k not in ("versionId", "lastUpdated")
+    }
 
 
 @pytest.mark.parametrize("path", _examples(), ids=lambda p: p.name)
@@ -58,11 +77,16 @@ def test_example_round_trips_as_json(client, path: Path):
 def test_example_round_trips_as_xml(client, path: Path):
     original = _load(path.read_bytes())
     url = f"{BASE}/{original['resourceType']}/{original['id']}"
-    assert client.put(url, data=path.read_bytes(), headers={"Content-Type": FHIR_JSON}).status_code == 201
+    assert (
+        client.put(url, data=path.read_bytes(), headers={"Content-Type": FHIR_JSON}).status_code
+        == 201
+    )
     xml = client.get(url, headers={"Accept": FHIR_XML})
     assert xml.status_code == 200
     # The XML goes back in as an update, and the JSON read of it must equal the original.
     again = client.put(url, data=xml.data, headers={"Content-Type": FHIR_XML})
     assert again.status_code == 200, again.get_data(as_text=True)
     stored = _load(client.get(url).data)
-    assert _without_meta(stored) == _without_meta(original)
+    assert _canonical_narratives(_without_meta(stored)) == _canonical_narratives(
+        _without_meta(original)
+    )

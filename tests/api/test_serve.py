@@ -28,7 +28,16 @@ def running_server(database_url: str, workers: int):
     port = _free_port()
     env = {**os.environ, "FHIRSERVER_DATABASE_URL": database_url}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fhirserver", "serve", "--port", str(port), "--workers", str(workers)],
+        [
+            sys.executable,
+            "-m",
+            "fhirserver",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -58,7 +67,9 @@ def running_server(database_url: str, workers: int):
 
 def _request(method: str, url: str, body: dict | None = None) -> tuple[int, object, dict]:
     data = None if body is None else orjson.dumps(body)
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/fhir+json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/fhir+json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.headers, orjson.loads(response.read() or b"{}")
@@ -77,7 +88,9 @@ def fresh_database_url(database_url, tmp_path, database):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_answers_crud_over_http(fresh_database_url, workers):
     with running_server(fresh_database_url, workers) as base:
-        status, headers, created = _request("POST", f"{base}/Patient", {"resourceType": "Patient", "gender": "female"})
+        status, headers, created = _request(
+            "POST", f"{base}/Patient", {"resourceType": "Patient", "gender": "female"}
+        )
         assert status == 201
         assert headers["Location"].startswith(f"{base}/Patient/")
         status, _, read = _request("GET", f"{base}/Patient/{created['id']}")

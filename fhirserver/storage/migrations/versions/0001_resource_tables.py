@@ -19,14 +19,21 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "resource",
-        sa.Column("resource_type", sa.String(64), primary_key=True),
-        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column(
+            "pk",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("resource_type", sa.String(64), nullable=False),
+        sa.Column("id", sa.String(64), nullable=False),
         sa.Column("version_id", sa.Integer, nullable=False),
         sa.Column("last_updated", UtcDateTime, nullable=False),
         sa.Column("deleted", sa.Boolean, nullable=False),
         sa.Column("patient_id", sa.String(64), nullable=True),
         sa.Column("body", JsonDocument, nullable=True),
     )
+    op.create_index("ux_resource_type_id", "resource", ["resource_type", "id"], unique=True)
     op.create_index("ix_resource_type_updated", "resource", ["resource_type", "last_updated"])
     op.create_index("ix_resource_patient", "resource", ["patient_id"])
     op.create_table(
