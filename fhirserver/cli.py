@@ -1,4 +1,4 @@
-"""The ``fhirserver`` command: serve, db upgrade (later: load, token, purge, sync, audit verify)."""
+"""The ``fhirserver`` command: serve, db upgrade, reindex (later: load, token, purge, sync, audit verify)."""
 
 from __future__ import annotations
 
@@ -80,6 +80,28 @@ def db_upgrade(database_url: str) -> None:
         f"fhirserver: database {_safe(database_url)} is at revision {current_revision(engine)}"
     )
     engine.dispose()
+
+
+@main.command()
+@DATABASE_OPTION
+@click.option("--type", "resource_type", default=None, help="Only resources of this type.")
+def reindex(database_url: str, resource_type: str | None) -> None:
+    """Rebuild the search indexes from the stored resources (after SearchParameter changes)."""
+    from fhirserver.storage.reindex import reindex as run_reindex
+    from fhirserver.storage.session import Database
+
+    database = Database(database_url)
+    try:
+        base_url = Settings.from_env().public_base_url
+        count = run_reindex(
+            database,
+            resource_type=resource_type,
+            base_url=base_url,
+            progress=lambda n: click.echo(f"\r{n} resources", nl=False),
+        )
+    finally:
+        database.dispose()
+    click.echo(f"\nfhirserver: reindexed {count} resources")
 
 
 def _prepare_schema(settings: Settings) -> None:

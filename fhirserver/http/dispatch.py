@@ -74,7 +74,7 @@ def dispatch(
         )
         request = replace(request, principal=principal)
         with services.database.transaction(write=interaction.writes) as conn:
-            repository = _repository_for(SqlRepository(conn), principal)
+            repository = _repository_for(SqlRepository(conn, base_url=request.base_url), principal)
             response = interaction.handle(request, repository)
             # Inside the transaction: a write and its audit record commit together.
             audit.record(repository, request, principal, response)

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Request
 
-from fhirserver.errors import BadRequest, Malformed, PayloadTooLarge
+from fhirserver.errors import BadRequest, Malformed, PayloadTooLarge, UnsupportedMediaType
 from fhirserver.http.formats import JSON, body_format
 from fhirserver.interactions.request import FhirRequest
 from fhirserver.resources import jsonio
@@ -21,7 +21,8 @@ RESPONSE_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements"})
 def base_url(http: Request, settings: Settings) -> str:
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    return http.host_url.rstrip("/") + settings.base_path.rstrip("/")
+    # Built from the Host header directly: werkzeug's host_url re-parses the whole URL.
+    return f"{http.scheme}://{http.host}{http.root_path}{settings.base_path.rstrip('/')}"
 
 
 def read_body(http: Request, settings: Settings) -> dict[str, Any] | None:
@@ -60,6 +61,14 @@ def _http_date(text: str | None):
         ) from None
 
 
+def _prefer_handling(prefer: str | None) -> str | None:
+    for token in (prefer or "").replace(";", ",").split(","):
+        key, _, value = token.strip().partition("=")
+        if key == "handling" and value in ("strict", "lenient"):
+            return value
+    return None
+
+
 def build(
     http: Request,
     settings: Settings,
@@ -71,6 +80,13 @@ def build(
     with_body: bool = False,
 ) -> FhirRequest:
     params = tuple((key, value) for key, value in http.args.items(multi=True))
+    if interaction == "search-type" and http.method == "POST":
+        # POST [type]/_search: parameters in a form body, as well as in the URL.
+        if http.content_length and http.mimetype != "application/x-www-form-urlencoded":
+            raise UnsupportedMediaType(
+                "POST _search takes an application/x-www-form-urlencoded body."
+            )
+        params += tuple((key, value) for key, value in http.form.items(multi=True))
     return FhirRequest(
         interaction=interaction,
         base_url=base_url(http, settings),
@@ -83,5 +99,5 @@ def build(
         if_none_match=http.headers.get("If-None-Match"),
         if_modified_since=_http_date(http.headers.get("If-Modified-Since")),
         if_none_exist=http.headers.get("If-None-Exist"),
-        url=http.url,
+        prefer_handling=_prefer_handling(http.headers.get("Prefer")),
     )

@@ -13,6 +13,8 @@ from fhirserver import __version__
 from fhirserver.interactions import registry
 from fhirserver.interactions.request import FhirRequest, FhirResponse
 from fhirserver.resources.registry import resource_types
+from fhirserver.search import registry as search_registry
+from fhirserver.search.types import INDEXED_TYPES
 from fhirserver.storage.repository import Repository
 
 FHIR_VERSION = "4.0.1"
@@ -30,6 +32,15 @@ def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
     return FhirResponse(status=200, resource=statement)
 
 
+def _search_parameters(resource_type: str) -> list[dict]:
+    """The type's searchable parameters, from the same registry the search planner uses."""
+    return [
+        {"name": code, "definition": parameter.url, "type": parameter.type}
+        for code, parameter in sorted(search_registry.parameters_for(resource_type).items())
+        if parameter.searchable and parameter.type in INDEXED_TYPES
+    ]
+
+
 @cache
 def _statement_template() -> dict:
     advertised = [i for i in registry.interactions().values() if i.advertised]
@@ -44,6 +55,9 @@ def _statement_template() -> dict:
             "updateCreate": True,
             "conditionalRead": "full-support",
             "conditionalDelete": "not-supported",
+            "searchInclude": ["*"],
+            "searchRevInclude": ["*"],
+            "searchParam": _search_parameters(resource_type),
         }
         for resource_type in resource_types()
     ]

@@ -77,7 +77,7 @@ def _links(request: FhirRequest, versions: list[StoredVersion], has_next: bool) 
     path = "/".join(part for part in (request.resource_type, request.id) if part)
     base = f"{request.base_url}/{path}/_history" if path else f"{request.base_url}/_history"
     kept = [(key, value) for key, value in request.params if key != CURSOR]
-    links = [{"relation": "self", "url": request.url or _url(base, request.params)}]
+    links = [{"relation": "self", "url": _url(base, request.params)}]
     if has_next and versions:
         links.append(
             {"relation": "next", "url": _url(base, [*kept, (CURSOR, str(versions[-1].seq))])}

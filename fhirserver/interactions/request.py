@@ -29,9 +29,9 @@ class FhirRequest:
     if_none_match: str | None = None
     if_modified_since: datetime | None = None
     if_none_exist: str | None = None
+    #: ``Prefer: handling=strict|lenient`` (http://hl7.org/fhir/R4/search.html#errors).
+    prefer_handling: str | None = None
     principal: Principal = ADMINISTRATOR
-    #: The URL as the client sent it (for Bundle self links).
-    url: str = ""
 
     def param(self, name: str) -> str | None:
         """The last value of a parameter (later values win, as most servers do)."""

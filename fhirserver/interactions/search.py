@@ -1,18 +1,26 @@
-"""search: ``GET [base]/[type]`` — http://hl7.org/fhir/R4/search.html
+"""search: ``GET [base]/[type]?...`` and ``POST [base]/[type]/_search`` — http://hl7.org/fhir/R4/search.html
 
-Search arrives with issue 3 (index tables, every R4 SearchParameter). Until
-then the server says so with 501 rather than answering with wrong results,
-and the CapabilityStatement does not advertise it.
+Parameters come from the SearchParameter registry; unknown ones are ignored
+and reported in the Bundle (an OperationOutcome entry with search.mode
+``outcome``), or rejected with 400 under ``Prefer: handling=strict``.
 """
 
 from __future__ import annotations
 
-from fhirserver.errors import NotImplementedYet
 from fhirserver.interactions.request import FhirRequest, FhirResponse
+from fhirserver.search.parse import parse
+from fhirserver.search.types import SearchContext
 from fhirserver.storage.repository import Repository
 
-IMPLEMENTED = False
+IMPLEMENTED = True
+#: Response-format parameters: they shape the answer, not the search, and stay out of links.
+_FORMAT_PARAMETERS = frozenset({"_format", "_pretty"})
 
 
 def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
-    raise NotImplementedYet(f"Search on {request.resource_type} is not implemented yet.")
+    assert request.resource_type is not None
+    params = [(k, v) for k, v in request.params if k not in _FORMAT_PARAMETERS]
+    query = parse(request.resource_type, params, strict=request.prefer_handling == "strict")
+    context = SearchContext(base_url=request.base_url)
+    bundle = repository.search(query, context, base_url=request.base_url, params=params)
+    return FhirResponse(status=200, resource=bundle)

@@ -7,17 +7,21 @@ inside the request's transaction (``Database.transaction``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Connection, exists, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from fhirserver.errors import PreconditionFailed
 from fhirserver.resources import jsonio, meta
-from fhirserver.storage.tables import resource, resource_history, utcnow
+from fhirserver.search import bundle as search_bundle
+from fhirserver.search import extract
+from fhirserver.search.query import SearchQuery
+from fhirserver.search.types import SearchContext
+from fhirserver.storage.tables import SEARCH_TABLES, resource, resource_history, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +59,13 @@ class HistoryQuery:
 
 
 class Repository(Protocol):
-    def read(self, resource_type: str, id: str) -> StoredVersion | None: ...
+    def read(self, resource_type: str, id: str) -> StoredVersion | None:
+        row = self.conn.execute(_READ, {"resource_type": resource_type, "id": id}).first()
+        if row is None:
+            return None
+        return StoredVersion(
+            resource_type, id, row.version_id, row.last_updated, row.deleted, row.body
+        )
 
     def vread(self, resource_type: str, id: str, version_id: int) -> StoredVersion | None: ...
 
@@ -71,8 +81,22 @@ class Repository(Protocol):
 
     def history(self, query: HistoryQuery) -> list[StoredVersion]: ...
 
+    def search(
+        self,
+        query: SearchQuery,
+        context: SearchContext,
+        *,
+        base_url: str,
+        params: list[tuple[str, str]],
+    ) -> dict: ...
+
 
 _MS = timedelta(milliseconds=1)
+
+# The hot read, built once: constructing a select per request costs more than the query.
+_READ = select(
+    resource.c.version_id, resource.c.last_updated, resource.c.deleted, resource.c.body
+).where(resource.c.resource_type == bindparam("resource_type"), resource.c.id == bindparam("id"))
 
 
 def _truncate_ms(moment: datetime) -> datetime:
@@ -90,9 +114,11 @@ def _next_timestamp(previous: datetime | None) -> datetime:
 class SqlRepository:
     """Repository over the ``resource`` and ``resource_history`` tables."""
 
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Connection, *, base_url: str = ""):
         self.conn = conn
         self.dialect = conn.dialect.name
+        #: This server's base URL: absolute references under it are indexed as local ones.
+        self.base_url = base_url
 
     # -- reads ---------------------------------------------------------------
 
@@ -173,6 +199,18 @@ class SqlRepository:
             for r in self.conn.execute(stmt)
         ]
 
+    def search(
+        self,
+        query: SearchQuery,
+        context: SearchContext,
+        *,
+        base_url: str,
+        params: list[tuple[str, str]],
+    ) -> dict:
+        """A searchset Bundle for ``query`` (http://hl7.org/fhir/R4/search.html)."""
+        context = replace(context, dialect=self.dialect)
+        return search_bundle.run(self.conn, query, context, base_url=base_url, params=params)
+
     # -- writes --------------------------------------------------------------
 
     def create(self, resource_json: dict, *, id: str | None = None) -> StoredVersion:
@@ -180,8 +218,9 @@ class SqlRepository:
         resource_id = id or meta.new_id()
         last_updated = _next_timestamp(None)
         body = self._body(resource_json, resource_id, 1, last_updated)
-        self.conn.execute(
-            insert(resource).values(
+        pk = self.conn.execute(
+            insert(resource)
+            .values(
                 resource_type=resource_json["resourceType"],
                 id=resource_id,
                 version_id=1,
@@ -190,7 +229,9 @@ class SqlRepository:
                 patient_id=_patient_id(resource_json["resourceType"], resource_id),
                 body=body,
             )
-        )
+            .returning(resource.c.pk)
+        ).scalar_one()
+        self._write_index(pk, resource_json, replace=False)
         return self._append_history(
             resource_json["resourceType"], resource_id, 1, last_updated, False, "POST", body
         )
@@ -212,7 +253,7 @@ class SqlRepository:
             # Another transaction created it between our lookup and insert: lock and update it.
             current = self._lock_current(resource_type, id)
             assert current is not None
-        version_id, previous_updated, _deleted = current
+        pk, version_id, previous_updated, _deleted = current
         if if_match is not None and if_match != version_id:
             raise PreconditionFailed(
                 f"Resource `{resource_type}/{id}` is at version {version_id}, not {if_match} (If-Match)."
@@ -222,9 +263,10 @@ class SqlRepository:
         body = self._body(resource_json, id, new_version, last_updated)
         self.conn.execute(
             update(resource)
-            .where(resource.c.resource_type == resource_type, resource.c.id == id)
+            .where(resource.c.pk == pk)
             .values(version_id=new_version, last_updated=last_updated, deleted=False, body=body)
         )
+        self._write_index(pk, resource_json, replace=True)
         version = self._append_history(
             resource_type, id, new_version, last_updated, False, method, body
         )
@@ -238,7 +280,7 @@ class SqlRepository:
         current = self._lock_current(resource_type, id)
         if current is None:
             return None
-        version_id, previous_updated, deleted = current
+        pk, version_id, previous_updated, deleted = current
         if if_match is not None and if_match != version_id:
             raise PreconditionFailed(
                 f"Resource `{resource_type}/{id}` is at version {version_id}, not {if_match} (If-Match)."
@@ -249,23 +291,24 @@ class SqlRepository:
         last_updated = _next_timestamp(previous_updated)
         self.conn.execute(
             update(resource)
-            .where(resource.c.resource_type == resource_type, resource.c.id == id)
+            .where(resource.c.pk == pk)
             .values(version_id=new_version, last_updated=last_updated, deleted=True, body=None)
         )
+        self._delete_index(pk)
         return self._append_history(
             resource_type, id, new_version, last_updated, True, "DELETE", None
         )
 
     # -- helpers -------------------------------------------------------------
 
-    def _lock_current(self, resource_type: str, id: str) -> tuple[int, datetime, bool] | None:
-        stmt = select(resource.c.version_id, resource.c.last_updated, resource.c.deleted).where(
-            resource.c.resource_type == resource_type, resource.c.id == id
-        )
+    def _lock_current(self, resource_type: str, id: str) -> tuple[int, int, datetime, bool] | None:
+        stmt = select(
+            resource.c.pk, resource.c.version_id, resource.c.last_updated, resource.c.deleted
+        ).where(resource.c.resource_type == resource_type, resource.c.id == id)
         if self.dialect == "postgresql":
             stmt = stmt.with_for_update()
         row = self.conn.execute(stmt).first()
-        return None if row is None else (row.version_id, row.last_updated, row.deleted)
+        return None if row is None else (row.pk, row.version_id, row.last_updated, row.deleted)
 
     def _insert_first_version(
         self, resource_json: dict, id: str, method: str
@@ -286,10 +329,12 @@ class SqlRepository:
                 body=body,
             )
             .on_conflict_do_nothing(index_elements=[resource.c.resource_type, resource.c.id])
-            .returning(resource.c.version_id)
+            .returning(resource.c.pk)
         )
-        if self.conn.execute(stmt).first() is None:
+        row = self.conn.execute(stmt).first()
+        if row is None:
             return None
+        self._write_index(row.pk, resource_json, replace=False)
         return self._append_history(resource_type, id, 1, last_updated, False, method, body)
 
     def _append_history(
@@ -318,6 +363,19 @@ class SqlRepository:
         return StoredVersion(
             resource_type, id, version_id, last_updated, deleted, body, method, seq
         )
+
+    def _write_index(self, pk: int, resource_json: dict, *, replace: bool) -> None:
+        """The search index rows of the new current version (same transaction as the write)."""
+        if replace:
+            self._delete_index(pk)
+        for search_type, rows in extract.index_rows(resource_json, base_url=self.base_url).items():
+            for row in rows:
+                row["resource_pk"] = pk
+            self.conn.execute(insert(SEARCH_TABLES[search_type]), rows)
+
+    def _delete_index(self, pk: int) -> None:
+        for table in SEARCH_TABLES.values():
+            self.conn.execute(delete(table).where(table.c.resource_pk == pk))
 
     @staticmethod
     def _body(resource_json: dict, id: str, version_id: int, last_updated: datetime) -> bytes:

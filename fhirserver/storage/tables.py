@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Table,
     Text,
@@ -139,3 +140,135 @@ Index(
 )
 Index("ix_history_type_seq", resource_history.c.resource_type, resource_history.c.seq)
 Index("ix_history_updated", resource_history.c.last_updated)
+
+
+# -- search indexes ----------------------------------------------------------
+# One table per SearchParameter.type (http://hl7.org/fhir/R4/search.html#ptypes),
+# rows for the current version of each resource only, rewritten in the same
+# transaction as every write. Every row names its resource by ``resource_pk``
+# and repeats ``resource_type`` and the parameter ``code`` so that the common
+# query shape (type + parameter + value) is one index range scan.
+
+_FAR_PAST = datetime(1, 1, 1, tzinfo=UTC)
+_FAR_FUTURE = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+def _index_table(name: str, *columns: Column) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("resource_pk", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+        Column("resource_type", String(64), nullable=False),
+        Column("param", String(100), nullable=False),
+        *columns,
+    )
+
+
+search_string = _index_table(
+    "search_string",
+    # Lower case, accents removed (NFKD without combining marks): what
+    # starts-with and :contains compare against.
+    Column("normalized", String(512), nullable=False),
+    # The value as written, for :exact.
+    Column("exact", Text, nullable=False),
+)
+search_token = _index_table(
+    "search_token",
+    Column("system", Text, nullable=True),
+    Column("code", String(512), nullable=True),
+    # Normalized display / text, for :text.
+    Column("text", String(512), nullable=True),
+)
+search_date = _index_table(
+    "search_date",
+    # The value's range [low, high) in UTC: a date's precision makes it a range.
+    Column("low", UtcDateTime, nullable=False),
+    Column("high", UtcDateTime, nullable=False),
+)
+search_number = _index_table(
+    "search_number",
+    Column("value", Numeric(asdecimal=True), nullable=False),
+)
+search_quantity = _index_table(
+    "search_quantity",
+    Column("value", Numeric(asdecimal=True), nullable=False),
+    Column("system", Text, nullable=True),
+    Column("code", String(128), nullable=True),
+    Column("unit", String(128), nullable=True),
+    # The value in the UCUM base unit of its dimension (g, m, L, s, ...), so
+    # that 1 g and 1000 mg compare equal.
+    Column("canonical_value", Numeric(asdecimal=True), nullable=True),
+    Column("canonical_code", String(128), nullable=True),
+)
+search_reference = _index_table(
+    "search_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    # An absolute URL or canonical that is not a reference to this server.
+    Column("url", Text, nullable=True),
+    Column("identifier_system", Text, nullable=True),
+    Column("identifier_value", String(512), nullable=True),
+)
+search_uri = _index_table(
+    "search_uri",
+    Column("value", Text, nullable=False),
+)
+
+SEARCH_TABLES = {
+    "string": search_string,
+    "token": search_token,
+    "date": search_date,
+    "number": search_number,
+    "quantity": search_quantity,
+    "reference": search_reference,
+    "uri": search_uri,
+}
+
+# varchar_pattern_ops: PostgreSQL uses the index for LIKE 'prefix%' (starts-with) only with it.
+Index(
+    "ix_search_string",
+    search_string.c.resource_type,
+    search_string.c.param,
+    search_string.c.normalized,
+    postgresql_ops={"normalized": "varchar_pattern_ops"},
+)
+Index("ix_search_string_pk", search_string.c.resource_pk)
+Index(
+    "ix_search_token",
+    search_token.c.resource_type,
+    search_token.c.param,
+    search_token.c.code,
+    search_token.c.system,
+)
+Index("ix_search_token_pk", search_token.c.resource_pk)
+Index(
+    "ix_search_date",
+    search_date.c.resource_type,
+    search_date.c.param,
+    search_date.c.low,
+    search_date.c.high,
+)
+Index("ix_search_date_pk", search_date.c.resource_pk)
+Index(
+    "ix_search_number", search_number.c.resource_type, search_number.c.param, search_number.c.value
+)
+Index("ix_search_number_pk", search_number.c.resource_pk)
+Index(
+    "ix_search_quantity",
+    search_quantity.c.resource_type,
+    search_quantity.c.param,
+    search_quantity.c.canonical_code,
+    search_quantity.c.canonical_value,
+)
+Index("ix_search_quantity_pk", search_quantity.c.resource_pk)
+Index(
+    "ix_search_reference",
+    search_reference.c.resource_type,
+    search_reference.c.param,
+    search_reference.c.target_type,
+    search_reference.c.target_id,
+)
+Index("ix_search_reference_target", search_reference.c.target_type, search_reference.c.target_id)
+Index("ix_search_reference_pk", search_reference.c.resource_pk)
+Index("ix_search_uri", search_uri.c.resource_type, search_uri.c.param, search_uri.c.value)
+Index("ix_search_uri_pk", search_uri.c.resource_pk)

@@ -1,0 +1,237 @@
+"""Query string -> SearchQuery — http://hl7.org/fhir/R4/search.html
+
+Parameter names resolve against the SearchParameter registry of the searched
+type; behaviour then follows the parameter's type. Unknown parameters are
+ignored and reported (``Prefer: handling=lenient``, the default) or rejected
+with 400 (``handling=strict``). A malformed value is always a 400.
+"""
+
+from __future__ import annotations
+
+from fhirserver.errors import BadRequest
+from fhirserver.resources.registry import is_resource_type
+from fhirserver.search import escaping, registry
+from fhirserver.search.query import (
+    ChainCriterion,
+    Criterion,
+    HasCriterion,
+    Include,
+    SearchQuery,
+    SortKey,
+    ValueCriterion,
+)
+from fhirserver.search.registry import SearchParameter
+from fhirserver.search.types import INDEXED_TYPES
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+#: Parameters that shape the result rather than select resources.
+RESULT_PARAMETERS = frozenset(
+    {
+        "_sort",
+        "_count",
+        "_include",
+        "_revinclude",
+        "_total",
+        "_summary",
+        "_elements",
+        "_format",
+        "_pretty",
+        "_cursor",
+        "_contained",
+        "_containedType",
+    }
+)
+#: Modifiers every type accepts (handled by the planner).
+COMMON_MODIFIERS = frozenset({"missing", "not"})
+_MAX_CHAIN_DEPTH = 4
+
+
+def parse(
+    resource_type: str, params: list[tuple[str, str]], *, strict: bool = False
+) -> SearchQuery:
+    criteria: list[Criterion] = []
+    warnings: list[str] = []
+    sort: list[SortKey] = []
+    includes: list[Include] = []
+    count, total, summary, elements, cursor = DEFAULT_COUNT, "none", None, (), None
+
+    for name, value in params:
+        if name in RESULT_PARAMETERS:
+            if name == "_count":
+                count = _count(value)
+            elif name == "_sort":
+                sort += _sort(resource_type, value)
+            elif name.startswith("_include") or name.startswith("_revinclude"):
+                includes.append(_include(name, value))
+            elif name == "_total":
+                if value not in ("none", "estimate", "accurate"):
+                    raise BadRequest(f"_total must be none, estimate or accurate, not `{value}`.")
+                total = value
+            elif name == "_summary":
+                if value not in ("true", "text", "data", "count", "false"):
+                    raise BadRequest(
+                        f"_summary `{value}` is not one of true, text, data, count, false."
+                    )
+                summary = value
+            elif name == "_elements":
+                elements = tuple(e.strip() for e in value.split(",") if e.strip())
+            elif name == "_cursor":
+                cursor = value
+            continue
+        if name.startswith("_include:") or name.startswith("_revinclude:"):
+            includes.append(_include(name, value))
+            continue
+        try:
+            criterion = parse_criterion(resource_type, name, value, depth=0)
+        except _Unknown as unknown:
+            message = f"Parameter `{name}` was ignored: {unknown}"
+            if strict:
+                raise BadRequest(message.replace("was ignored", "is not supported")) from None
+            warnings.append(message)
+            continue
+        criteria.append(criterion)
+
+    return SearchQuery(
+        resource_type=resource_type,
+        criteria=tuple(criteria),
+        sort=tuple(sort),
+        count=count,
+        includes=tuple(includes),
+        total=total,
+        summary=summary,
+        elements=elements,
+        cursor=cursor,
+        warnings=tuple(warnings),
+    )
+
+
+class _Unknown(Exception):
+    """A parameter this server does not know for the type (ignored or 400, by handling)."""
+
+
+def parse_criterion(resource_type: str, name: str, value: str, *, depth: int) -> Criterion:
+    if depth > _MAX_CHAIN_DEPTH:
+        raise BadRequest(f"`{name}` chains deeper than {_MAX_CHAIN_DEPTH} levels.")
+    if name.startswith("_has:"):
+        return _has(resource_type, name, value, depth)
+    head, dot, rest = name.partition(".")
+    code, _, modifier = head.partition(":")
+    parameter = registry.parameter(resource_type, code)
+    if parameter is None or not parameter.searchable:
+        raise _Unknown(f"{resource_type} has no search parameter `{code}`.")
+    if dot:
+        return _chain(resource_type, parameter, modifier or None, rest, value, depth)
+    if parameter.type not in INDEXED_TYPES:
+        raise _Unknown(
+            f"`{code}` is a {parameter.type} parameter, which this server cannot search yet."
+        )
+    modifier = modifier or None
+    _check_modifier(parameter, modifier)
+    values = tuple(escaping.split(value, ","))
+    if modifier == "missing" and value not in ("true", "false"):
+        raise BadRequest(f"`{name}` takes true or false, not `{value}`.")
+    return ValueCriterion(parameter, modifier, values)
+
+
+def _check_modifier(parameter: SearchParameter, modifier: str | None) -> None:
+    if modifier is None or modifier in COMMON_MODIFIERS:
+        return
+    from fhirserver.search.types import module_for
+
+    supported = getattr(module_for(parameter.type), "MODIFIERS", frozenset())
+    if modifier == "not-in" and "in" in supported:
+        return
+    if parameter.type == "reference" and is_resource_type(modifier):
+        if parameter.target and modifier not in parameter.target:
+            raise BadRequest(
+                f"`{parameter.code}` cannot refer to {modifier} (targets: {', '.join(parameter.target)})."
+            )
+        return
+    if modifier not in supported:
+        raise BadRequest(
+            f"Modifier `:{modifier}` is not supported on the {parameter.type} parameter `{parameter.code}`."
+        )
+
+
+def _chain(resource_type, parameter, modifier, rest, value, depth) -> ChainCriterion:
+    if parameter.type != "reference":
+        raise BadRequest(
+            f"`{parameter.code}` is not a reference parameter, so it cannot be chained."
+        )
+    if modifier is not None:
+        if not is_resource_type(modifier):
+            raise BadRequest(
+                f"`{parameter.code}:{modifier}` names no resource type to chain through."
+            )
+        candidates = (modifier,)
+    else:
+        candidates = tuple(t for t in parameter.target if is_resource_type(t))
+    inner: dict[str, Criterion] = {}
+    for target_type in candidates:
+        try:
+            inner[target_type] = parse_criterion(target_type, rest, value, depth=depth + 1)
+        except _Unknown:
+            continue
+    if not inner:
+        raise _Unknown(
+            f"none of the types `{parameter.code}` refers to has the parameter `{rest}`."
+        )
+    return ChainCriterion(parameter, tuple(inner), inner)
+
+
+def _has(resource_type: str, name: str, value: str, depth: int) -> HasCriterion:
+    parts = name.split(":", 3)
+    if len(parts) < 4:
+        raise BadRequest(f"`{name}` must look like _has:Type:reference-parameter:parameter.")
+    _, source_type, code, rest = parts
+    if not is_resource_type(source_type):
+        raise BadRequest(f"`{name}`: `{source_type}` is not a resource type.")
+    parameter = registry.parameter(source_type, code)
+    if parameter is None or parameter.type != "reference":
+        raise BadRequest(f"`{name}`: {source_type} has no reference parameter `{code}`.")
+    if parameter.target and resource_type not in parameter.target:
+        raise BadRequest(f"`{name}`: {source_type}.{code} never refers to {resource_type}.")
+    inner = parse_criterion(source_type, rest, value, depth=depth + 1)
+    return HasCriterion(source_type, parameter, inner)
+
+
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise BadRequest(f"_count must be a non-negative integer, not `{value}`.")
+    return min(int(value), MAX_COUNT)
+
+
+def _sort(resource_type: str, value: str) -> list[SortKey]:
+    keys = []
+    for item in value.split(","):
+        item = item.strip()
+        descending = item.startswith("-")
+        code = item.lstrip("-")
+        parameter = registry.parameter(resource_type, code)
+        if parameter is None or not parameter.searchable or parameter.type not in INDEXED_TYPES:
+            raise BadRequest(
+                f"Cannot sort {resource_type} by `{code}`: no such sortable search parameter."
+            )
+        keys.append(SortKey(parameter, descending))
+    return keys
+
+
+def _include(name: str, value: str) -> Include:
+    reverse = name.startswith("_revinclude")
+    iterate = name.endswith(":iterate") or name.endswith(":recurse")
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise BadRequest(f"`{name}={value}` must be Type:parameter[:TargetType] or Type:*.")
+    source_type, code = parts[0], parts[1]
+    target_type = parts[2] if len(parts) == 3 else None
+    if not is_resource_type(source_type):
+        raise BadRequest(f"`{name}={value}`: `{source_type}` is not a resource type.")
+    if target_type is not None and not is_resource_type(target_type):
+        raise BadRequest(f"`{name}={value}`: `{target_type}` is not a resource type.")
+    if code == "*":
+        return Include(source_type, None, target_type, iterate, reverse)
+    parameter = registry.parameter(source_type, code)
+    if parameter is None or parameter.type != "reference":
+        raise BadRequest(f"`{name}={value}`: {source_type} has no reference parameter `{code}`.")
+    return Include(source_type, parameter, target_type, iterate, reverse)

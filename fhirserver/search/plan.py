@@ -1,0 +1,259 @@
+"""SearchQuery -> one SQL statement over the index tables.
+
+Each criterion becomes ``resource.pk IN (SELECT resource_pk FROM <index> WHERE
+resource_type = :t AND param = :code AND <type condition>)``, so the common
+shapes are index range scans on (resource_type, param, value). Chains restrict
+the reference index to the ids of a nested search; ``_has`` restricts the
+searched ids to the targets of references from a nested search. Paging is a
+keyset over (sort keys..., pk): rows inserted or deleted while a client pages
+do not shift the pages.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    exists,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    true,
+)
+
+from fhirserver.errors import BadRequest
+from fhirserver.search.query import (
+    ChainCriterion,
+    Criterion,
+    HasCriterion,
+    SearchQuery,
+    SortKey,
+    ValueCriterion,
+)
+from fhirserver.search.types import SearchContext, module_for
+from fhirserver.storage.tables import SEARCH_TABLES, resource
+
+#: Modifiers that mean "no matching value" of another modifier (http://hl7.org/fhir/R4/search.html#modifiers).
+NEGATED = {"not": None, "not-in": "in"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The page query and, when asked for, the count query."""
+
+    page: Select
+    count: Select | None
+    sort_columns: tuple[str, ...]
+
+
+def matching_pks(
+    resource_type: str, criteria: tuple[Criterion, ...], context: SearchContext
+) -> Select:
+    """SELECT pk of the current, not deleted resources of a type matching all criteria."""
+    r = resource.alias("r")
+    stmt = select(r.c.pk).where(r.c.resource_type == resource_type, r.c.deleted == false())
+    for criterion in criteria:
+        stmt = stmt.where(_condition(r, resource_type, criterion, context))
+    return stmt
+
+
+def matching_ids(
+    resource_type: str, criteria: tuple[Criterion, ...], context: SearchContext
+) -> Select:
+    r = resource.alias("r_ids")
+    stmt = select(r.c.id).where(r.c.resource_type == resource_type, r.c.deleted == false())
+    for criterion in criteria:
+        stmt = stmt.where(_condition(r, resource_type, criterion, context))
+    return stmt
+
+
+def _condition(
+    r, resource_type: str, criterion: Criterion, context: SearchContext
+) -> ColumnElement[bool]:
+    if isinstance(criterion, ValueCriterion):
+        return _value_condition(r, resource_type, criterion, context)
+    if isinstance(criterion, ChainCriterion):
+        return _chain_condition(r, resource_type, criterion, context)
+    if isinstance(criterion, HasCriterion):
+        return _has_condition(r, resource_type, criterion, context)
+    raise TypeError(criterion)
+
+
+def _rows_of(table, resource_type: str, code: str):
+    return table.c.resource_type == resource_type, table.c.param == code
+
+
+def _value_condition(
+    r, resource_type: str, criterion: ValueCriterion, context: SearchContext
+) -> ColumnElement[bool]:
+    parameter = criterion.parameter
+    module = module_for(parameter.type)
+    table = SEARCH_TABLES[parameter.type].alias()
+    scope = _rows_of(table, resource_type, parameter.code)
+    if criterion.modifier == "missing":
+        has_value = exists().where(table.c.resource_pk == r.c.pk, *scope)
+        return not_(has_value) if criterion.values[0] == "true" else has_value
+    modifier = criterion.modifier
+    negate = modifier in NEGATED
+    if negate:
+        modifier = NEGATED[modifier]
+    elif modifier is not None and modifier not in getattr(module, "MODIFIERS", ()):
+        # A reference ``:Type`` modifier is a type restriction the module handles.
+        pass
+    matches = or_(
+        *[
+            module.condition(table, value, modifier, parameter, context)
+            for value in criterion.values
+        ]
+    )
+    subquery = select(table.c.resource_pk).where(*scope, matches)
+    return r.c.pk.not_in(subquery) if negate else r.c.pk.in_(subquery)
+
+
+def _chain_condition(
+    r, resource_type: str, criterion: ChainCriterion, context: SearchContext
+) -> ColumnElement[bool]:
+    parameter = criterion.parameter
+    module = module_for("reference")
+    table = SEARCH_TABLES["reference"].alias()
+    branches = []
+    for target_type, inner in criterion.inner.items():
+        target_ids = matching_ids(target_type, (inner,), context)
+        branches.append(module.target_condition(table, target_type, target_ids))
+    subquery = select(table.c.resource_pk).where(
+        *_rows_of(table, resource_type, parameter.code), or_(*branches)
+    )
+    return r.c.pk.in_(subquery)
+
+
+def _has_condition(
+    r, resource_type: str, criterion: HasCriterion, context: SearchContext
+) -> ColumnElement[bool]:
+    table = SEARCH_TABLES["reference"].alias()
+    sources = matching_pks(criterion.source_type, (criterion.inner,), context)
+    target_ids = select(table.c.target_id).where(
+        *_rows_of(table, criterion.source_type, criterion.parameter.code),
+        table.c.target_type == resource_type,
+        table.c.resource_pk.in_(sources),
+    )
+    return r.c.id.in_(target_ids)
+
+
+# -- sorting and paging ----------------------------------------------------------
+
+
+def _sort_expression(r, resource_type: str, key: SortKey):
+    parameter = key.parameter
+    table = SEARCH_TABLES[parameter.type].alias()
+    aggregate = module_for(parameter.type).sort_key(table, key.descending)
+    return (
+        select(aggregate)
+        .where(table.c.resource_pk == r.c.pk, *_rows_of(table, resource_type, parameter.code))
+        .scalar_subquery()
+    )
+
+
+def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
+    """The page statement: (pk, id, body, version_id, last_updated, sort values...) in order."""
+    r = resource.alias("r")
+    where = [r.c.resource_type == query.resource_type, r.c.deleted == false()]
+    for criterion in query.criteria:
+        where.append(_condition(r, query.resource_type, criterion, context))
+
+    sort_values = [
+        _sort_expression(r, query.resource_type, key).label(f"s{i}")
+        for i, key in enumerate(query.sort)
+    ]
+    inner = select(r.c.pk, r.c.id, r.c.body, r.c.version_id, r.c.last_updated, *sort_values).where(
+        *where
+    )
+    count = (
+        select(func.count()).select_from(select(r.c.pk).where(*where).subquery())
+        if query.total == "accurate"
+        else None
+    )
+
+    page = inner.subquery("page")
+    columns = [page.c[f"s{i}"] for i in range(len(query.sort))]
+    stmt = select(page)
+    if query.cursor:
+        stmt = stmt.where(
+            _after_cursor(
+                columns, page.c.pk, query.sort, decode_cursor(query.cursor, len(query.sort))
+            )
+        )
+    order = []
+    for column, key in zip(columns, query.sort, strict=True):
+        # NULLs (resources without the value) sort last in either direction.
+        order += [column.is_(None), column.desc() if key.descending else column.asc()]
+    order.append(page.c.pk.asc())
+    stmt = stmt.order_by(*order).limit(limit)
+    return Plan(page=stmt, count=count, sort_columns=tuple(f"s{i}" for i in range(len(query.sort))))
+
+
+def _after_cursor(
+    columns, pk_column, keys: tuple[SortKey, ...], cursor: list[Any]
+) -> ColumnElement[bool]:
+    """Rows strictly after the cursor in (NULLS LAST sort keys..., pk) order."""
+    *values, last_pk = cursor
+    condition: ColumnElement[bool] = pk_column > last_pk
+    for column, key, value in reversed(list(zip(columns, keys, values, strict=True))):
+        if value is None:
+            # After a NULL only more NULLs (tie on this key) can follow.
+            condition = and_(column.is_(None), condition)
+        else:
+            beyond = column < value if key.descending else column > value
+            condition = or_(beyond, column.is_(None), and_(column == value, condition))
+    return condition
+
+
+def encode_cursor(row: Any, sort_columns: tuple[str, ...]) -> str:
+    values = [_jsonable(getattr(row, name)) for name in sort_columns] + [row.pk]
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def decode_cursor(text: str, sort_keys: int) -> list[Any]:
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except ValueError:
+        raise BadRequest(
+            "The paging cursor is not valid; follow the Bundle's links as given."
+        ) from None
+    if (
+        not isinstance(values, list)
+        or len(values) != sort_keys + 1
+        or not isinstance(values[-1], int)
+    ):
+        raise BadRequest(
+            "The paging cursor does not fit this search; follow the Bundle's links as given."
+        )
+    return [_from_jsonable(v) for v in values]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"dt": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {"dec": str(value)}
+    return value
+
+
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, dict) and "dt" in value:
+        return datetime.fromisoformat(value["dt"])
+    if isinstance(value, dict) and "dec" in value:
+        return Decimal(value["dec"])
+    return value
+
+
+__all__ = ["Plan", "build", "encode_cursor", "matching_ids", "matching_pks", "true"]

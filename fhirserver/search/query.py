@@ -1,0 +1,76 @@
+"""A parsed search: frozen, typed values the planner compiles to SQL.
+
+http://hl7.org/fhir/R4/search.html. A criterion is one of
+- :class:`ValueCriterion` — ``param[:modifier]=v1,v2`` (values OR-ed);
+- :class:`ChainCriterion` — ``param[:Type].inner...`` (http://hl7.org/fhir/R4/search.html#chaining);
+- :class:`HasCriterion` — ``_has:Type:param:inner...`` (reverse chaining, #has).
+Criteria of one query are AND-ed (a repeated parameter is a further criterion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fhirserver.search.registry import SearchParameter
+
+
+@dataclass(frozen=True)
+class ValueCriterion:
+    parameter: SearchParameter
+    modifier: str | None
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChainCriterion:
+    #: A reference parameter of the searched type.
+    parameter: SearchParameter
+    #: The types the reference may point to for this chain (from ``:Type`` or the parameter's targets).
+    target_types: tuple[str, ...]
+    #: The criterion on the target type(s); parsed per target type.
+    inner: dict[str, Criterion]
+
+
+@dataclass(frozen=True)
+class HasCriterion:
+    #: The type of the resources that refer to the searched one.
+    source_type: str
+    #: The reference parameter of ``source_type`` that points at the searched type.
+    parameter: SearchParameter
+    inner: Criterion
+
+
+Criterion = ValueCriterion | ChainCriterion | HasCriterion
+
+
+@dataclass(frozen=True)
+class SortKey:
+    parameter: SearchParameter
+    descending: bool
+
+
+@dataclass(frozen=True)
+class Include:
+    """``_include=Source:param[:Target]`` or ``_revinclude=Source:param[:Target]``; ``*`` = every reference parameter."""
+
+    source_type: str
+    parameter: SearchParameter | None
+    target_type: str | None
+    iterate: bool
+    reverse: bool
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    resource_type: str
+    criteria: tuple[Criterion, ...] = ()
+    sort: tuple[SortKey, ...] = ()
+    count: int = 20
+    includes: tuple[Include, ...] = ()
+    #: none, estimate or accurate.
+    total: str = "none"
+    summary: str | None = None
+    elements: tuple[str, ...] = ()
+    cursor: str | None = None
+    #: Parameters that were ignored, with why (reported as an OperationOutcome entry).
+    warnings: tuple[str, ...] = field(default=())

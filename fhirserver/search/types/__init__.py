@@ -1,0 +1,53 @@
+"""Search behaviour keyed by SearchParameter.type: one module per type.
+
+http://hl7.org/fhir/R4/search.html#ptypes. Each module (string, token, date,
+number, quantity, reference, uri) provides the same three things, and nothing
+elsewhere branches on a parameter's type or name:
+
+``TABLE``
+    its index table (fhirserver.storage.tables.SEARCH_TABLES[type]).
+``MODIFIERS``
+    the modifiers it implements itself (``:missing`` is handled by the planner
+    for every type, and ``:not`` / ``:not-in`` by negating ``None`` / ``:in``).
+``index_rows(nodes, parameter, *, base_url="") -> list[dict]``
+    the index rows (type-specific columns only) for the values a
+    SearchParameter expression selected from a resource at write time;
+    ``base_url`` is this server's base (absolute references under it are local).
+``condition(table, value, modifier, parameter, context) -> ColumnElement[bool]``
+    the SQL condition, over an alias of ``TABLE``, for ONE search value (a
+    comma-separated list is OR-ed by the planner); a malformed value raises
+    fhirserver.errors.BadRequest naming the parameter and the value.
+``sort_key(table, descending) -> ColumnElement``
+    the aggregate expression a row set of one resource sorts by (e.g.
+    ``min(normalized)`` ascending, ``max(...)`` descending).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import import_module
+from types import ModuleType
+
+#: The SearchParameter types that have an index table and a module.
+INDEXED_TYPES = ("string", "token", "date", "number", "quantity", "reference", "uri")
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What a condition may need beyond the value: this server's base URL, the
+    database dialect, and ValueSet expansion for ``:in`` / ``:not-in``."""
+
+    base_url: str = ""
+    dialect: str = "sqlite"
+    #: ValueSet canonical URL -> the (system, code) pairs it contains (None when unknown).
+    value_set_codes: Callable[[str], list[tuple[str | None, str]] | None] = field(
+        default=lambda url: None
+    )
+
+
+def module_for(search_type: str) -> ModuleType:
+    """The module implementing a SearchParameter type (KeyError for composite/special)."""
+    if search_type not in INDEXED_TYPES:
+        raise KeyError(search_type)
+    return import_module(f"fhirserver.search.types.{search_type}")
