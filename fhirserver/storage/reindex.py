@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import delete, false, insert, select
+from sqlalchemy import false, select
 
 from fhirserver.resources import jsonio
 from fhirserver.search import extract
+from fhirserver.storage import index_writer
 from fhirserver.storage.session import Database
-from fhirserver.storage.tables import SEARCH_TABLES, resource
+from fhirserver.storage.tables import resource
 
 BATCH = 500
 
@@ -42,8 +43,7 @@ def reindex(
             if not rows:
                 return done
             pks = [row.pk for row in rows]
-            for table in SEARCH_TABLES.values():
-                conn.execute(delete(table).where(table.c.resource_pk.in_(pks)))
+            index_writer.delete_rows(conn, pks)
             batches: dict[str, list[dict]] = {}
             for row in rows:
                 for search_type, index_rows in extract.index_rows(
@@ -52,8 +52,7 @@ def reindex(
                     for index_row in index_rows:
                         index_row["resource_pk"] = row.pk
                     batches.setdefault(search_type, []).extend(index_rows)
-            for search_type, index_rows in batches.items():
-                conn.execute(insert(SEARCH_TABLES[search_type]), index_rows)
+            index_writer.insert_rows(conn, batches)
             last_pk = pks[-1]
             done += len(rows)
             progress(done)

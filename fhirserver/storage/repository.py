@@ -8,10 +8,10 @@ inside the request's transaction (``Database.transaction``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Connection, bindparam, delete, exists, insert, select, update
+from sqlalchemy import Connection, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -21,7 +21,8 @@ from fhirserver.search import bundle as search_bundle
 from fhirserver.search import extract
 from fhirserver.search.query import SearchQuery
 from fhirserver.search.types import SearchContext
-from fhirserver.storage.tables import SEARCH_TABLES, resource, resource_history, utcnow
+from fhirserver.storage import index_writer
+from fhirserver.storage.tables import resource, resource_history, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +60,7 @@ class HistoryQuery:
 
 
 class Repository(Protocol):
-    def read(self, resource_type: str, id: str) -> StoredVersion | None:
-        row = self.conn.execute(_READ, {"resource_type": resource_type, "id": id}).first()
-        if row is None:
-            return None
-        return StoredVersion(
-            resource_type, id, row.version_id, row.last_updated, row.deleted, row.body
-        )
+    def read(self, resource_type: str, id: str) -> StoredVersion | None: ...
 
     def vread(self, resource_type: str, id: str, version_id: int) -> StoredVersion | None: ...
 
@@ -93,10 +88,18 @@ class Repository(Protocol):
 
 _MS = timedelta(milliseconds=1)
 
-# The hot read, built once: constructing a select per request costs more than the query.
-_READ = select(
-    resource.c.version_id, resource.c.last_updated, resource.c.deleted, resource.c.body
-).where(resource.c.resource_type == bindparam("resource_type"), resource.c.id == bindparam("id"))
+_READ_SQL = {
+    "postgresql": "SELECT version_id, last_updated, deleted, body::text FROM resource"
+    " WHERE resource_type = %s AND id = %s",
+    "sqlite": "SELECT version_id, last_updated, deleted, body FROM resource WHERE resource_type = ? AND id = ?",
+}
+
+
+def _as_utc(value: datetime | str) -> datetime:
+    """A driver's timestamp as an aware UTC datetime (SQLite hands back naive UTC text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _truncate_ms(moment: datetime) -> datetime:
@@ -123,18 +126,25 @@ class SqlRepository:
     # -- reads ---------------------------------------------------------------
 
     def read(self, resource_type: str, id: str) -> StoredVersion | None:
-        row = self.conn.execute(
-            select(
-                resource.c.version_id,
-                resource.c.last_updated,
-                resource.c.deleted,
-                resource.c.body,
-            ).where(resource.c.resource_type == resource_type, resource.c.id == id)
-        ).first()
+        # The hottest query of the server goes straight to the driver: building,
+        # caching and processing a SQLAlchemy statement costs more than the
+        # primary-key lookup itself (docs/PERFORMANCE.md).
+        cursor = self.conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(_READ_SQL[self.dialect], (resource_type, id))
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
         if row is None:
             return None
+        version_id, last_updated, deleted, body = row
         return StoredVersion(
-            resource_type, id, row.version_id, row.last_updated, row.deleted, row.body
+            resource_type,
+            id,
+            version_id,
+            _as_utc(last_updated),
+            bool(deleted),
+            None if body is None else body.encode(),
         )
 
     def vread(self, resource_type: str, id: str, version_id: int) -> StoredVersion | None:
@@ -294,7 +304,7 @@ class SqlRepository:
             .where(resource.c.pk == pk)
             .values(version_id=new_version, last_updated=last_updated, deleted=True, body=None)
         )
-        self._delete_index(pk)
+        index_writer.delete_rows(self.conn, [pk])
         return self._append_history(
             resource_type, id, new_version, last_updated, True, "DELETE", None
         )
@@ -367,15 +377,12 @@ class SqlRepository:
     def _write_index(self, pk: int, resource_json: dict, *, replace: bool) -> None:
         """The search index rows of the new current version (same transaction as the write)."""
         if replace:
-            self._delete_index(pk)
-        for search_type, rows in extract.index_rows(resource_json, base_url=self.base_url).items():
+            index_writer.delete_rows(self.conn, [pk])
+        rows_by_type = extract.index_rows(resource_json, base_url=self.base_url)
+        for rows in rows_by_type.values():
             for row in rows:
                 row["resource_pk"] = pk
-            self.conn.execute(insert(SEARCH_TABLES[search_type]), rows)
-
-    def _delete_index(self, pk: int) -> None:
-        for table in SEARCH_TABLES.values():
-            self.conn.execute(delete(table).where(table.c.resource_pk == pk))
+        index_writer.insert_rows(self.conn, rows_by_type)
 
     @staticmethod
     def _body(resource_json: dict, id: str, version_id: int, last_updated: datetime) -> bytes:

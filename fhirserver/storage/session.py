@@ -55,8 +55,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection):
-        immediate = conn.get_execution_options().get("fhir_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("fhir_write", False) else "BEGIN")
 
 
 class Database:
@@ -72,9 +74,17 @@ class Database:
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[Connection]:
-        """One database transaction: commit on success, roll back on any error."""
+        """One database transaction for a write: commit on success, roll back on any error.
+
+        Reads run in autocommit instead: under PostgreSQL's READ COMMITTED each
+        statement takes its own snapshot anyway, so BEGIN/COMMIT around a read
+        only costs two round trips (measured: a third of a read's database time).
+        """
         with self.engine.connect() as conn:
-            conn = conn.execution_options(fhir_write=write)
+            if not write:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+                return
+            conn = conn.execution_options(fhir_write=True)
             with conn.begin():
                 yield conn
 
