@@ -18,7 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from fhirserver.errors import PreconditionFailed
 from fhirserver.resources import jsonio, meta
 from fhirserver.search import bundle as search_bundle
-from fhirserver.search import extract
+from fhirserver.search import extract, valuesets
 from fhirserver.search.query import SearchQuery
 from fhirserver.search.types import SearchContext
 from fhirserver.storage import index_writer
@@ -218,7 +218,11 @@ class SqlRepository:
         params: list[tuple[str, str]],
     ) -> dict:
         """A searchset Bundle for ``query`` (http://hl7.org/fhir/R4/search.html)."""
-        context = replace(context, dialect=self.dialect)
+        context = replace(
+            context,
+            dialect=self.dialect,
+            value_set_codes=lambda url: valuesets.codes(self.conn, url),
+        )
         return search_bundle.run(self.conn, query, context, base_url=base_url, params=params)
 
     # -- writes --------------------------------------------------------------

@@ -261,3 +261,37 @@ def test_summary_and_elements_apply_to_entries(client, people):
     bundle = search(client, "Patient?_id=ivanov&_elements=gender")
     entry = bundle["entry"][0]["resource"]
     assert entry["gender"] == "male" and "name" not in entry
+
+
+def test_token_in_and_not_in_a_stored_value_set(client, people):
+    put(
+        client,
+        {
+            "resourceType": "ValueSet",
+            "id": "bp",
+            "url": "http://example.org/fhir/ValueSet/systolic",
+            "status": "active",
+            "compose": {
+                "include": [{"system": "http://loinc.org", "concept": [{"code": "8480-6"}]}]
+            },
+        },
+    )
+    put(
+        client,
+        {
+            "resourceType": "ValueSet",
+            "id": "all-loinc",
+            "url": "http://example.org/fhir/ValueSet/loinc",
+            "status": "active",
+            "compose": {"include": [{"system": "http://loinc.org"}]},
+        },
+    )
+    vs = "http://example.org/fhir/ValueSet/systolic"
+    assert sorted(ids(search(client, f"Observation?code:in={vs}"))) == ["obs0", "obs2"]
+    assert ids(search(client, f"Observation?code:not-in={vs}")) == ["obs1"]
+    assert sorted(
+        ids(search(client, "Observation?code:in=http://example.org/fhir/ValueSet/loinc"))
+    ) == ["obs0", "obs1", "obs2"]
+    unknown = client.get(f"{BASE}/Observation?code:in=http://example.org/fhir/ValueSet/none")
+    assert unknown.status_code == 400
+    assert "not known" in unknown.get_json()["issue"][0]["diagnostics"]

@@ -40,8 +40,9 @@ class SearchContext:
 
     base_url: str = ""
     dialect: str = "sqlite"
-    #: ValueSet canonical URL -> the (system, code) pairs it contains (None when unknown).
-    value_set_codes: Callable[[str], list[tuple[str | None, str]] | None] = field(
+    #: ValueSet canonical URL -> the (system, code) pairs it contains (None when
+    #: unknown); a code of None stands for every code of that system.
+    value_set_codes: Callable[[str], list[tuple[str | None, str | None]] | None] = field(
         default=lambda url: None
     )
 

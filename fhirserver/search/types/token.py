@@ -189,11 +189,17 @@ def _in(table, url: str, parameter: SearchParameter, context: SearchContext) -> 
             f"`{parameter.code}:in`: the ValueSet `{url}` is not known to this server."
         )
     by_system: dict[str | None, list[str]] = {}
+    whole_systems: list[str] = []
     for system, code in codes:
+        if code is None:
+            # An include of a whole code system (no concept list): any code in it.
+            if system:
+                whole_systems.append(system)
+            continue
         by_system.setdefault(system or None, []).append(_code(code))
-    if not by_system:
+    if not by_system and not whole_systems:
         return false()
-    branches = []
+    branches = [table.c.system.in_(sorted(set(whole_systems)))] if whole_systems else []
     for system, system_codes in by_system.items():
         unique = sorted(set(system_codes))
         if system is None:
@@ -202,7 +208,8 @@ def _in(table, url: str, parameter: SearchParameter, context: SearchContext) -> 
             branches.append(and_(table.c.system == system, table.c.code.in_(unique)))
     # Rows without a system (code primitives): their system is implicit, match on the code.
     all_codes = sorted({c for cs in by_system.values() for c in cs})
-    branches.append(and_(table.c.system.is_(None), table.c.code.in_(all_codes)))
+    if all_codes:
+        branches.append(and_(table.c.system.is_(None), table.c.code.in_(all_codes)))
     return or_(*branches)
 
 

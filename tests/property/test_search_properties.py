@@ -1,0 +1,534 @@
+"""Search semantics as properties — http://hl7.org/fhir/R4/search.html
+
+Each example writes a few random resources over HTTP, runs a random search
+(following every ``next`` link) and compares the ids with an independent
+matcher written here from the spec (nothing of ``fhirserver.search`` is
+imported for it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from urllib.parse import quote
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from fhirserver.storage.tables import metadata
+from tests.api.helpers import BASE, FHIR_JSON
+
+SETTINGS = settings(
+    max_examples=int(os.environ.get("SEARCH_PROPERTY_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def reset(app) -> None:
+    database = app.extensions["fhirserver"].database
+    with database.engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(text(f"DELETE FROM {table.name}"))
+
+
+def put_raw(client, resource_type: str, resource_id: str, body: str) -> None:
+    response = client.put(
+        f"{BASE}/{resource_type}/{resource_id}",
+        data=body.encode(),
+        headers={"Content-Type": FHIR_JSON},
+    )
+    assert response.status_code in (200, 201), response.get_data(as_text=True)
+
+
+def put(client, resource: dict) -> None:
+    put_raw(client, resource["resourceType"], resource["id"], orjson.dumps(resource).decode())
+
+
+def next_url(bundle: dict) -> str | None:
+    url = next((link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None)
+    return url.replace("http://localhost", "") if url else None
+
+
+def page(client, url: str) -> dict:
+    response = client.get(url)
+    assert response.status_code == 200, (url, response.get_data(as_text=True))
+    return response.get_json()
+
+
+def match_ids(bundle: dict) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def search_all(client, query: str) -> list[str]:
+    """Every match of ``query``, following ``next``; no id may come twice."""
+    url: str | None = f"{BASE}/{query}"
+    found: list[str] = []
+    pages = 0
+    while url:
+        bundle = page(client, url)
+        found.extend(match_ids(bundle))
+        url = next_url(bundle)
+        pages += 1
+        assert pages < 200, "runaway paging"
+    assert len(found) == len(set(found)), f"duplicates in {query}: {found}"
+    return found
+
+
+counts = st.sampled_from([None, None, 1, 2, 3])
+
+
+def with_count(query: str, count: int | None) -> str:
+    return query if count is None else f"{query}&_count={count}"
+
+
+# --------------------------------------------------------------------------- 1. string
+
+# Mixed case, accents (precomposed), Cyrillic.
+LETTERS = "aAbBeEéÉuUüÜnNñÑиИйЙеЕёЁ"
+names = st.text(alphabet=LETTERS, min_size=1, max_size=6)
+
+
+def fold(value: str) -> str:
+    """Case- and accent-insensitive form: NFD, drop combining marks, casefold (both sides)."""
+    decomposed = unicodedata.normalize("NFD", value)
+    stripped = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+    return stripped.casefold()
+
+
+def string_matches(value: str, modifier: str | None, search: str) -> bool:
+    if modifier == "exact":
+        return value == search
+    if modifier == "contains":
+        return fold(search) in fold(value)
+    return fold(value).startswith(fold(search))
+
+
+@SETTINGS
+@given(
+    families=st.lists(st.lists(names, min_size=0, max_size=2), min_size=1, max_size=6),
+    modifier=st.sampled_from([None, "exact", "contains"]),
+    data=st.data(),
+    count=counts,
+)
+def test_string_search(app, client, families, modifier, data, count):
+    reset(app)
+    for i, family_list in enumerate(families):
+        patient: dict = {"resourceType": "Patient", "id": f"p{i}"}
+        if family_list:
+            patient["name"] = [{"family": f} for f in family_list]
+        put(client, patient)
+    everything = [f for fl in families for f in fl]
+    if everything and data.draw(st.booleans(), label="derived"):
+        base = data.draw(st.sampled_from(everything), label="base")
+        start = data.draw(st.integers(0, len(base) - 1), label="start")
+        end = data.draw(st.integers(start + 1, len(base)), label="end")
+        search = base[start:end] if modifier == "contains" else base[:end]
+        if data.draw(st.booleans(), label="recase"):
+            search = search.swapcase()
+    else:
+        search = data.draw(names, label="search")
+    param = "family" if modifier is None else f"family:{modifier}"
+    got = search_all(client, with_count(f"Patient?{param}={quote(search)}", count))
+    expected = [
+        f"p{i}"
+        for i, fl in enumerate(families)
+        if any(string_matches(f, modifier, search) for f in fl)
+    ]
+    assert sorted(got) == sorted(expected), (search, families)
+
+
+# --------------------------------------------------------------------------- 2. token
+
+SYSTEMS = ["http://loinc.org", "http://snomed.info/sct", None]
+CODES = ["a1", "b2", "c3"]
+codings = st.lists(
+    st.tuples(st.sampled_from(SYSTEMS), st.sampled_from(CODES)), min_size=1, max_size=3
+)
+
+
+def token_matches(codings_: list, form: str, system: str | None, code: str | None) -> bool:
+    if form == "code":
+        return any(c == code for _, c in codings_)
+    if form == "system|code":
+        return any(s == system and c == code for s, c in codings_)
+    if form == "|code":
+        return any(s is None and c == code for s, c in codings_)
+    if form == "system|":
+        return any(s == system for s, _ in codings_)
+    if form == "not":
+        # :not — "the resources that do not have a matching coding" (incl. none at all).
+        return not any(c == code for _, c in codings_)
+    raise AssertionError(form)
+
+
+@SETTINGS
+@given(
+    observations=st.lists(codings, min_size=1, max_size=6),
+    form=st.sampled_from(["code", "system|code", "|code", "system|", "not"]),
+    system=st.sampled_from([s for s in SYSTEMS if s]),
+    code=st.sampled_from([*CODES, "zz"]),
+    count=counts,
+)
+def test_token_search(app, client, observations, form, system, code, count):
+    reset(app)
+    for i, cs in enumerate(observations):
+        coding = []
+        for s, c in cs:
+            coding.append({"code": c} if s is None else {"system": s, "code": c})
+        put(
+            client,
+            {
+                "resourceType": "Observation",
+                "id": f"o{i}",
+                "status": "final",
+                "code": {"coding": coding},
+            },
+        )
+    value = {
+        "code": code,
+        "system|code": f"{system}|{code}",
+        "|code": f"|{code}",
+        "system|": f"{system}|",
+        "not": code,
+    }[form]
+    param = "code:not" if form == "not" else "code"
+    got = search_all(client, with_count(f"Observation?{param}={quote(value, safe='')}", count))
+    expected = [
+        f"o{i}" for i, cs in enumerate(observations) if token_matches(cs, form, system, code)
+    ]
+    assert sorted(got) == sorted(expected), (value, observations)
+
+
+# --------------------------------------------------------------------------- 3. date
+
+_DATE = re.compile(
+    r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?"
+    r"(Z|[+-]\d{2}:\d{2})?)?)?)?"
+)
+
+
+def as_range(value: str) -> tuple[datetime, datetime]:
+    """[start, end) in UTC of a FHIR date/dateTime at its precision."""
+    m = _DATE.fullmatch(value)
+    assert m, value
+    year, month, day, hour, minute, second, fraction, zone = m.groups()
+    if zone in (None, "Z"):
+        tz = UTC
+    else:
+        sign = -1 if zone[0] == "-" else 1
+        tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+    if month is None:
+        start = datetime(int(year), 1, 1, tzinfo=tz)
+        end = datetime(int(year) + 1, 1, 1, tzinfo=tz)
+    elif day is None:
+        start = datetime(int(year), int(month), 1, tzinfo=tz)
+        ny, nm = (int(year) + 1, 1) if month == "12" else (int(year), int(month) + 1)
+        end = datetime(ny, nm, 1, tzinfo=tz)
+    elif hour is None:
+        start = datetime(int(year), int(month), int(day), tzinfo=tz)
+        end = start + timedelta(days=1)
+    elif second is None:
+        start = datetime(int(year), int(month), int(day), int(hour), int(minute), tzinfo=tz)
+        end = start + timedelta(minutes=1)
+    elif fraction is None:
+        start = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz
+        )
+        end = start + timedelta(seconds=1)
+    else:
+        start = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz
+        ) + timedelta(microseconds=int(fraction.ljust(6, "0")[:6]))
+        end = start + timedelta(microseconds=10 ** (6 - len(fraction)))
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def date_matches(target: str, prefix: str, search: str) -> bool:
+    """The R4 prefix table for ranges: target range [lo, hi) against search range [s, e)."""
+    lo, hi = as_range(target)
+    s, e = as_range(search)
+
+    def overlaps(a_lo, a_hi, b_lo, b_hi):  # half-open ranges; None is unbounded
+        return (b_hi is None or a_lo < b_hi) and (a_hi is None or b_lo < a_hi)
+
+    contains = s <= lo and hi <= e  # the search range fully contains the target
+    above = overlaps(lo, hi, e, None)  # the range above the search value intersects the target
+    below = lo < s  # the range below the search value [-inf, s) intersects the target
+    if prefix == "eq":
+        return contains
+    if prefix == "ne":
+        return not contains
+    if prefix == "gt":
+        return above
+    if prefix == "lt":
+        return below
+    if prefix == "ge":
+        return above or contains
+    if prefix == "le":
+        return below or contains
+    if prefix == "sa":
+        # no overlap with the search range and the range above contains the target
+        return not overlaps(lo, hi, s, e) and lo >= e
+    if prefix == "eb":
+        return not overlaps(lo, hi, s, e) and hi <= s
+    raise AssertionError(prefix)
+
+
+ZONES = ["Z", "+01:00", "-05:00", "+14:00", "-12:00", "+05:30"]
+
+
+@st.composite
+def dates(draw, with_time: bool) -> str:
+    year = draw(st.integers(2019, 2021))
+    precision = draw(
+        st.sampled_from(["y", "m", "d", "min", "s", "ms"] if with_time else ["y", "m", "d"])
+    )
+    out = f"{year:04d}"
+    if precision == "y":
+        return out
+    out += f"-{draw(st.sampled_from([1, 6, 12])):02d}"
+    if precision == "m":
+        return out
+    out += f"-{draw(st.sampled_from([1, 15, 28, 31 if out.endswith('12') else 30 if out.endswith('06') else 31])):02d}"
+    if precision == "d":
+        return out
+    out += (
+        f"T{draw(st.sampled_from([0, 1, 12, 22, 23])):02d}:{draw(st.sampled_from([0, 30, 59])):02d}"
+    )
+    if precision != "min":
+        out += f":{draw(st.sampled_from([0, 59])):02d}"
+        if precision == "ms":
+            out += "." + draw(st.sampled_from(["5", "123", "000"]))
+    return out + draw(st.sampled_from(ZONES))
+
+
+@st.composite
+def date_times(draw) -> str:
+    """Observation.effectiveDateTime: a date (any precision) or a dateTime with seconds and zone."""
+    if draw(st.booleans()):
+        return draw(dates(with_time=False))
+    value = draw(dates(with_time=True))
+    if re.fullmatch(r".{10}T\d\d:\d\d(Z|[+-].*)", value):  # an R4 dateTime with a time has seconds
+        value = value[:16] + ":00" + value[16:]
+    return value
+
+
+PREFIXES = ["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"]
+
+
+@SETTINGS
+@given(
+    birth_dates=st.lists(st.none() | dates(with_time=False), min_size=1, max_size=6),
+    prefix=st.sampled_from(PREFIXES),
+    search=dates(with_time=True),
+    count=counts,
+)
+def test_birthdate_search(app, client, birth_dates, prefix, search, count):
+    reset(app)
+    for i, value in enumerate(birth_dates):
+        patient: dict = {"resourceType": "Patient", "id": f"p{i}"}
+        if value:
+            patient["birthDate"] = value
+        put(client, patient)
+    got = search_all(
+        client, with_count(f"Patient?birthdate={prefix}{quote(search, safe='')}", count)
+    )
+    expected = [
+        f"p{i}"
+        for i, value in enumerate(birth_dates)
+        if value and date_matches(value, prefix or "eq", search)
+    ]
+    assert sorted(got) == sorted(expected), (prefix, search, birth_dates)
+
+
+@SETTINGS
+@given(
+    effective=st.lists(date_times(), min_size=1, max_size=6),
+    prefix=st.sampled_from(PREFIXES),
+    data=st.data(),
+    count=counts,
+)
+def test_observation_date_search(app, client, effective, prefix, data, count):
+    reset(app)
+    for i, value in enumerate(effective):
+        put(
+            client,
+            {
+                "resourceType": "Observation",
+                "id": f"o{i}",
+                "status": "final",
+                "code": {"text": "x"},
+                "effectiveDateTime": value,
+            },
+        )
+    if data.draw(st.booleans(), label="derived"):
+        search = data.draw(st.sampled_from(effective), label="search")
+    else:
+        search = data.draw(dates(with_time=True), label="search")
+    got = search_all(
+        client, with_count(f"Observation?date={prefix}{quote(search, safe='')}", count)
+    )
+    expected = [
+        f"o{i}" for i, value in enumerate(effective) if date_matches(value, prefix or "eq", search)
+    ]
+    assert sorted(got) == sorted(expected), (prefix, search, effective)
+
+
+# --------------------------------------------------------------------------- 4. quantity
+
+UCUM = "http://unitsofmeasure.org"
+TO_MG = {"mg": Decimal(1), "g": Decimal(1000), "kg": Decimal(1000000)}
+decimal_texts = st.builds(
+    lambda whole, frac: f"{whole}" if frac is None else f"{whole}.{frac}",
+    st.integers(0, 60),
+    st.none() | st.sampled_from(["0", "4", "5", "45", "05", "00", "001", "999"]),
+)
+
+
+def half_unit(number: Decimal) -> Decimal:
+    """Half of one unit in the last digit given: ``5.4`` -> 0.05, ``100`` -> 0.5."""
+    return Decimal(1).scaleb(number.as_tuple().exponent) / 2
+
+
+def quantity_matches(value_mg: Decimal, prefix: str, number: Decimal, unit: str) -> bool:
+    factor = TO_MG[unit]
+    exact = number * factor
+    low, high = (number - half_unit(number)) * factor, (number + half_unit(number)) * factor
+    in_range = low <= value_mg < high
+    return {
+        "eq": in_range,
+        "ne": not in_range,
+        "gt": value_mg > exact,
+        "lt": value_mg < exact,
+        "ge": value_mg >= exact,
+        "le": value_mg <= exact,
+        "sa": value_mg > exact,
+        "eb": value_mg < exact,
+    }[prefix]
+
+
+@SETTINGS
+@given(
+    quantities=st.lists(
+        st.tuples(decimal_texts, st.sampled_from(list(TO_MG))), min_size=1, max_size=6
+    ),
+    prefix=st.sampled_from(PREFIXES),
+    data=st.data(),
+    count=counts,
+)
+def test_quantity_search(app, client, quantities, prefix, data, count):
+    reset(app)
+    for i, (value, unit) in enumerate(quantities):
+        body = orjson.dumps(
+            {
+                "resourceType": "Observation",
+                "id": f"o{i}",
+                "status": "final",
+                "code": {"text": "x"},
+                "valueQuantity": {"value": "__V__", "unit": unit, "system": UCUM, "code": unit},
+            }
+        ).decode()
+        put_raw(client, "Observation", f"o{i}", body.replace('"__V__"', value))
+    unit = data.draw(st.sampled_from(list(TO_MG)), label="unit")
+    if data.draw(st.booleans(), label="derived"):
+        # A stored value converted to the search unit (exact, as Decimal), sometimes rounded.
+        value, stored_unit = data.draw(st.sampled_from(quantities), label="stored")
+        converted = Decimal(value) * TO_MG[stored_unit] / TO_MG[unit]
+        places = data.draw(st.integers(0, 4), label="places")
+        number_text = f"{converted:.{places}f}" if data.draw(st.booleans()) else f"{converted:f}"
+    else:
+        number_text = data.draw(decimal_texts, label="number")
+    got = search_all(
+        client,
+        with_count(
+            f"Observation?value-quantity={prefix}{number_text}|{quote(UCUM, safe='')}|{unit}", count
+        ),
+    )
+    number = Decimal(number_text)
+    expected = [
+        f"o{i}"
+        for i, (value, stored_unit) in enumerate(quantities)
+        if quantity_matches(Decimal(value) * TO_MG[stored_unit], prefix or "eq", number, unit)
+    ]
+    assert sorted(got) == sorted(expected), (prefix, number_text, unit, quantities)
+
+
+# --------------------------------------------------------------------------- 5. paging
+
+
+@SETTINGS
+@given(
+    patients=st.lists(
+        st.tuples(
+            st.sampled_from(["Ab", "ab", "Éb", "Иа", "Zz", "b"]), st.none() | dates(with_time=False)
+        ),
+        min_size=0,
+        max_size=25,
+    ),
+    count=st.integers(1, 6),
+    sort=st.sampled_from([None, "birthdate", "-family", "family", "-birthdate"]),
+    insert_after=st.none() | st.integers(0, 5),
+    inserted=st.tuples(st.sampled_from(["Aa", "Zzz", "Иа"]), st.none() | dates(with_time=False)),
+)
+def test_paging_visits_every_match_once(app, client, patients, count, sort, insert_after, inserted):
+    reset(app)
+
+    def patient(pid, family, birth):
+        resource: dict = {"resourceType": "Patient", "id": pid, "name": [{"family": family}]}
+        if birth:
+            resource["birthDate"] = birth
+        return resource
+
+    for i, (family, birth) in enumerate(patients):
+        put(client, patient(f"p{i}", family, birth))
+    query = f"Patient?_count={count}" + (f"&_sort={sort}" if sort else "")
+    url: str | None = f"{BASE}/{query}"
+    seen: list[str] = []
+    pages = 0
+    while url:
+        bundle = page(client, url)
+        entries = match_ids(bundle)
+        assert len(entries) <= count
+        seen.extend(entries)
+        if insert_after is not None and pages == insert_after:
+            put(client, patient("new", *inserted))
+        url = next_url(bundle)
+        pages += 1
+        assert pages <= len(patients) + 3
+    assert len(seen) == len(set(seen)), seen
+    originals = {f"p{i}" for i in range(len(patients))}
+    assert originals <= set(seen), (sorted(originals - set(seen)), seen)
+    assert set(seen) - originals <= {"new"}
+    if sort and insert_after is None:
+        # The order follows the sort key (ties in any order).
+        def key(pid):
+            family, birth = patients[int(pid[1:])]
+            if sort.endswith("family"):
+                return fold(family)
+            return as_range(birth)[0] if birth else None
+
+        keys = [key(pid) for pid in seen]
+        present = [k for k in keys if k is not None]
+        descending = sort.startswith("-")
+        if sort.endswith("birthdate"):
+            if not descending:
+                assert present == sorted(present), seen
+            else:
+                # descending on the latest moment of the value
+                highs = [
+                    as_range(patients[int(p[1:])][1])[1] for p in seen if patients[int(p[1:])][1]
+                ]
+                assert highs == sorted(highs, reverse=True), seen
+        else:
+            assert present == (sorted(present, reverse=True) if descending else sorted(present)), (
+                seen
+            )
