@@ -36,6 +36,7 @@ test-postgres: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check fhirserver tests bench
 	$(BIN)/ruff format --check fhirserver tests bench
+	$(BIN)/mypy fhirserver
 
 check: lint test
 

@@ -95,9 +95,9 @@ def response_format(format_param: str | None, accept: str | None) -> ResponseFor
         else:
             continue
         # Highest quality wins; among equals, the first listed.
-        key = (quality, -position, candidate)
-        if best is None or key[:2] > best[:2]:
-            best = key
+        ranked = (quality, -position, candidate)
+        if best is None or ranked[:2] > best[:2]:
+            best = ranked
     if best is None:
         raise NotAcceptable(
             f"None of the media types in `Accept: {accept}` is served; use application/fhir+json or application/fhir+xml."

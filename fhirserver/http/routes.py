@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Response, current_app, request
 
 from fhirserver.http.dispatch import Services, dispatch
 from fhirserver.http.errors import error_response
@@ -13,7 +13,7 @@ def _services() -> Services:
     return current_app.extensions["fhirserver"]
 
 
-def _run(code: str, **path: str) -> object:
+def _run(code: str, **path: str) -> Response:
     return dispatch(_services(), request, code, **path)
 
 

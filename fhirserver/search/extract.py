@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import cache
+from types import ModuleType
 
 from fhirserver.search import registry
 from fhirserver.search.expressions import compile_expression
@@ -23,7 +24,7 @@ Evaluator = Callable[[dict], list]
 
 
 @cache
-def _plan(resource_type: str) -> tuple[tuple[SearchParameter, Evaluator, object], ...]:
+def _plan(resource_type: str) -> tuple[tuple[SearchParameter, Evaluator, ModuleType], ...]:
     """(parameter, compiled expression, type module) for each indexed parameter of a type."""
     plan = []
     for parameter in registry.parameters_for(resource_type).values():

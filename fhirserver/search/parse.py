@@ -54,7 +54,10 @@ def parse(
     warnings: list[str] = []
     sort: list[SortKey] = []
     includes: list[Include] = []
-    count, total, summary, elements, cursor = DEFAULT_COUNT, "none", None, (), None
+    count, total = DEFAULT_COUNT, "none"
+    summary: str | None = None
+    elements: tuple[str, ...] = ()
+    cursor: str | None = None
 
     for name, value in params:
         if name in RESULT_PARAMETERS:
@@ -126,12 +129,11 @@ def parse_criterion(resource_type: str, name: str, value: str, *, depth: int) ->
         raise _Unknown(
             f"`{code}` is a {parameter.type} parameter, which this server cannot search yet."
         )
-    modifier = modifier or None
-    _check_modifier(parameter, modifier)
+    _check_modifier(parameter, modifier or None)
     values = tuple(escaping.split(value, ","))
     if modifier == "missing" and value not in ("true", "false"):
         raise BadRequest(f"`{name}` takes true or false, not `{value}`.")
-    return ValueCriterion(parameter, modifier, values)
+    return ValueCriterion(parameter, modifier or None, values)
 
 
 def _check_modifier(parameter: SearchParameter, modifier: str | None) -> None:
@@ -139,7 +141,7 @@ def _check_modifier(parameter: SearchParameter, modifier: str | None) -> None:
         return
     from fhirserver.search.types import module_for
 
-    supported = getattr(module_for(parameter.type), "MODIFIERS", frozenset())
+    supported: frozenset[str] = getattr(module_for(parameter.type), "MODIFIERS", frozenset())
     if modifier == "not-in" and "in" in supported:
         return
     if parameter.type == "reference" and is_resource_type(modifier):

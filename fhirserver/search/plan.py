@@ -104,12 +104,9 @@ def _value_condition(
         has_value = exists().where(table.c.resource_pk == r.c.pk, *scope)
         return not_(has_value) if criterion.values[0] == "true" else has_value
     modifier = criterion.modifier
-    negate = modifier in NEGATED
+    negate = modifier is not None and modifier in NEGATED
     if negate:
-        modifier = NEGATED[modifier]
-    elif modifier is not None and modifier not in getattr(module, "MODIFIERS", ()):
-        # A reference ``:Type`` modifier is a type restriction the module handles.
-        pass
+        modifier = NEGATED[modifier]  # type: ignore[index]
     matches = or_(
         *[
             module.condition(table, value, modifier, parameter, context)

@@ -129,7 +129,9 @@ class SqlRepository:
         # The hottest query of the server goes straight to the driver: building,
         # caching and processing a SQLAlchemy statement costs more than the
         # primary-key lookup itself (docs/PERFORMANCE.md).
-        cursor = self.conn.connection.driver_connection.cursor()
+        driver = self.conn.connection.driver_connection
+        assert driver is not None  # a checked-out connection always has one
+        cursor = driver.cursor()
         try:
             cursor.execute(_READ_SQL[self.dialect], (resource_type, id))
             row = cursor.fetchone()

@@ -79,8 +79,8 @@ def upgrade() -> None:
             *columns,
         )
         op.create_index(f"ix_{name}_pk", name, ["resource_pk"])
-    for index_name, table, columns in _INDEXES:
-        op.create_index(index_name, table, columns)
+    for index_name, table, index_columns in _INDEXES:
+        op.create_index(index_name, table, index_columns)
     # varchar_pattern_ops: PostgreSQL uses the index for LIKE 'prefix%' (starts-with) only with it.
     op.create_index(
         "ix_search_string",
