@@ -14,7 +14,7 @@ from fhirserver.interactions import registry
 from fhirserver.interactions.request import FhirRequest, FhirResponse
 from fhirserver.resources.registry import resource_types
 from fhirserver.search import registry as search_registry
-from fhirserver.search.types import INDEXED_TYPES
+from fhirserver.search.types import SEARCHABLE_TYPES
 from fhirserver.storage.repository import Repository
 
 FHIR_VERSION = "4.0.1"
@@ -37,7 +37,7 @@ def _search_parameters(resource_type: str) -> list[dict]:
     return [
         {"name": code, "definition": parameter.url, "type": parameter.type}
         for code, parameter in sorted(search_registry.parameters_for(resource_type).items())
-        if parameter.searchable and parameter.type in INDEXED_TYPES
+        if parameter.searchable and parameter.type in SEARCHABLE_TYPES
     ]
 
 

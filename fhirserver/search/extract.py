@@ -16,7 +16,7 @@ from types import ModuleType
 from fhirserver.search import registry
 from fhirserver.search.expressions import compile_expression
 from fhirserver.search.registry import SearchParameter
-from fhirserver.search.types import INDEXED_TYPES, module_for
+from fhirserver.search.types import SEARCHABLE_TYPES, module_for
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def _plan(resource_type: str) -> tuple[tuple[SearchParameter, Evaluator, ModuleT
     """(parameter, compiled expression, type module) for each indexed parameter of a type."""
     plan = []
     for parameter in registry.parameters_for(resource_type).values():
-        if not parameter.searchable or parameter.type not in INDEXED_TYPES:
+        if not parameter.searchable or parameter.type not in SEARCHABLE_TYPES:
             continue
         expression = branches_for(parameter.expression or "", resource_type)
         if not expression:
@@ -95,10 +95,12 @@ def index_rows(resource: dict, *, base_url: str = "") -> dict[str, list[dict]]:
         nodes = evaluate(resource)
         if not nodes:
             continue
-        for row in module.index_rows(nodes, parameter, base_url=base_url):
+        for row in module.index_rows(nodes, parameter, base_url=base_url, resource=resource):
             row["resource_type"] = resource_type
-            row["param"] = parameter.code
-            rows.setdefault(parameter.type, []).append(row)
+            # A composite's rows name their component's table and parameter code.
+            row.setdefault("param", parameter.code)
+            row.setdefault("group_no", None)
+            rows.setdefault(row.pop("search_type", parameter.type), []).append(row)
     return rows
 
 

@@ -21,7 +21,7 @@ from fhirserver.search.query import (
     ValueCriterion,
 )
 from fhirserver.search.registry import SearchParameter
-from fhirserver.search.types import INDEXED_TYPES
+from fhirserver.search.types import INDEXED_TYPES, SEARCHABLE_TYPES
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -125,7 +125,7 @@ def parse_criterion(resource_type: str, name: str, value: str, *, depth: int) ->
         raise _Unknown(f"{resource_type} has no search parameter `{code}`.")
     if dot:
         return _chain(resource_type, parameter, modifier or None, rest, value, depth)
-    if parameter.type not in INDEXED_TYPES:
+    if parameter.type not in SEARCHABLE_TYPES:
         raise _Unknown(
             f"`{code}` is a {parameter.type} parameter, which this server cannot search yet."
         )
@@ -137,11 +137,18 @@ def parse_criterion(resource_type: str, name: str, value: str, *, depth: int) ->
 
 
 def _check_modifier(parameter: SearchParameter, modifier: str | None) -> None:
-    if modifier is None or modifier in COMMON_MODIFIERS:
+    if modifier is None:
         return
     from fhirserver.search.types import module_for
 
-    supported: frozenset[str] = getattr(module_for(parameter.type), "MODIFIERS", frozenset())
+    module = module_for(parameter.type)
+    if hasattr(module, "matching_pks"):
+        raise BadRequest(
+            f"Modifier `:{modifier}` is not supported on the {parameter.type} parameter `{parameter.code}`."
+        )
+    if modifier in COMMON_MODIFIERS:
+        return
+    supported: frozenset[str] = getattr(module, "MODIFIERS", frozenset())
     if modifier == "not-in" and "in" in supported:
         return
     if parameter.type == "reference" and is_resource_type(modifier):

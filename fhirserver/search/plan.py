@@ -98,6 +98,9 @@ def _value_condition(
 ) -> ColumnElement[bool]:
     parameter = criterion.parameter
     module = module_for(parameter.type)
+    if hasattr(module, "matching_pks"):
+        # Parameters spread over several index tables (composites) select their own rows.
+        return r.c.pk.in_(module.matching_pks(resource_type, parameter, criterion.values, context))
     table = SEARCH_TABLES[parameter.type].alias()
     scope = _rows_of(table, resource_type, parameter.code)
     if criterion.modifier == "missing":

@@ -160,6 +160,9 @@ def _index_table(name: str, *columns: Column) -> Table:
         Column("resource_pk", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
         Column("resource_type", String(64), nullable=False),
         Column("param", String(100), nullable=False),
+        # Which element of the resource a composite parameter's component row
+        # came from (NULL for ordinary rows): components match within one element.
+        Column("group_no", Integer, nullable=True),
         *columns,
     )
 

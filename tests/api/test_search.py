@@ -295,3 +295,50 @@ def test_token_in_and_not_in_a_stored_value_set(client, people):
     unknown = client.get(f"{BASE}/Observation?code:in=http://example.org/fhir/ValueSet/none")
     assert unknown.status_code == 400
     assert "not known" in unknown.get_json()["issue"][0]["diagnostics"]
+
+
+def _blood_pressure(id: str, patient: str, systolic: int, diastolic: int) -> dict:
+    def component(code: str, value: int) -> dict:
+        return {
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueQuantity": {
+                "value": value,
+                "unit": "mmHg",
+                "system": "http://unitsofmeasure.org",
+                "code": "mm[Hg]",
+            },
+        }
+
+    return {
+        "resourceType": "Observation",
+        "id": id,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "component": [component("8480-6", systolic), component("8462-4", diastolic)],
+    }
+
+
+def test_composite_parameters_match_within_one_element(client, people):
+    put(client, _blood_pressure("bp-high", "ivanov", 150, 95))
+    put(client, _blood_pressure("bp-mixed", "chalmers", 110, 150))
+    systolic_over_140 = "component-code-value-quantity=http://loinc.org|8480-6$gt140"
+    assert ids(search(client, f"Observation?{systolic_over_140}")) == ["bp-high"]
+    # 95 is in bp-high, but on the diastolic component: no systolic match.
+    assert ids(search(client, "Observation?component-code-value-quantity=8480-6$95")) == []
+    assert ids(search(client, "Observation?component-code-value-quantity=8462-4$95")) == ["bp-high"]
+    # code-value-quantity pairs Observation.code with Observation.value.
+    assert ids(search(client, "Observation?code-value-quantity=8480-6$gt140")) == ["obs2"]
+    assert ids(search(client, "Observation?code-value-quantity=8462-4$gt140")) == []
+    # combo: either the Observation itself or one of its components.
+    assert sorted(ids(search(client, "Observation?combo-code-value-quantity=8480-6$gt140"))) == [
+        "bp-high",
+        "obs2",
+    ]
+    assert search(client, f"Observation?{systolic_over_140},http://loinc.org|8462-4$gt140")["entry"]
+    bad = client.get(f"{BASE}/Observation?component-code-value-quantity=8480-6")
+    assert bad.status_code == 400 and "$" in bad.get_json()["issue"][0]["diagnostics"]
+    assert (
+        client.get(f"{BASE}/Observation?component-code-value-quantity:missing=true").status_code
+        == 400
+    )

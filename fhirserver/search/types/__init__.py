@@ -9,10 +9,11 @@ elsewhere branches on a parameter's type or name:
 ``MODIFIERS``
     the modifiers it implements itself (``:missing`` is handled by the planner
     for every type, and ``:not`` / ``:not-in`` by negating ``None`` / ``:in``).
-``index_rows(nodes, parameter, *, base_url="") -> list[dict]``
+``index_rows(nodes, parameter, *, base_url="", resource=None) -> list[dict]``
     the index rows (type-specific columns only) for the values a
     SearchParameter expression selected from a resource at write time;
-    ``base_url`` is this server's base (absolute references under it are local).
+    ``base_url`` is this server's base (absolute references under it are
+    local), ``resource`` the whole resource (for ``%resource`` in composites).
 ``condition(table, value, modifier, parameter, context) -> ColumnElement[bool]``
     the SQL condition, over an alias of ``TABLE``, for ONE search value (a
     comma-separated list is OR-ed by the planner); a malformed value raises
@@ -31,6 +32,9 @@ from types import ModuleType
 
 #: The SearchParameter types that have an index table and a module.
 INDEXED_TYPES = ("string", "token", "date", "number", "quantity", "reference", "uri")
+#: Types that can be searched: the indexed ones, and composites of them
+#: (types/composite.py stores its components in their own types' tables).
+SEARCHABLE_TYPES = (*INDEXED_TYPES, "composite")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,6 @@ class SearchContext:
 
 def module_for(search_type: str) -> ModuleType:
     """The module implementing a SearchParameter type (KeyError for composite/special)."""
-    if search_type not in INDEXED_TYPES:
+    if search_type not in SEARCHABLE_TYPES:
         raise KeyError(search_type)
     return import_module(f"fhirserver.search.types.{search_type}")

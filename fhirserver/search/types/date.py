@@ -59,7 +59,11 @@ AP_FRACTION = 0.1
 
 
 def index_rows(
-    nodes: Iterable[Any], parameter: SearchParameter, *, base_url: str = ""
+    nodes: Iterable[Any],
+    parameter: SearchParameter,
+    *,
+    base_url: str = "",
+    resource: dict | None = None,
 ) -> list[dict]:
     ranges: dict[tuple[datetime, datetime], None] = {}
     for node in nodes:

@@ -59,7 +59,11 @@ AP_FRACTION = Decimal("0.1")
 
 
 def index_rows(
-    nodes: Iterable[Any], parameter: SearchParameter, *, base_url: str = ""
+    nodes: Iterable[Any],
+    parameter: SearchParameter,
+    *,
+    base_url: str = "",
+    resource: dict | None = None,
 ) -> list[dict]:
     values: dict[Decimal, None] = {}
     for node in nodes:

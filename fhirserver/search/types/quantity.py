@@ -55,7 +55,11 @@ _CODE_LENGTH = 128
 
 
 def index_rows(
-    nodes: Iterable[Any], parameter: SearchParameter, *, base_url: str = ""
+    nodes: Iterable[Any],
+    parameter: SearchParameter,
+    *,
+    base_url: str = "",
+    resource: dict | None = None,
 ) -> list[dict]:
     rows: dict[tuple, None] = {}
     for node in nodes:

@@ -95,7 +95,11 @@ def _base(base_url: str) -> str:
 
 
 def index_rows(
-    nodes: Iterable[Any], parameter: SearchParameter, *, base_url: str = ""
+    nodes: Iterable[Any],
+    parameter: SearchParameter,
+    *,
+    base_url: str = "",
+    resource: dict | None = None,
 ) -> list[dict]:
     rows: dict[tuple, None] = {}
     for node in nodes:

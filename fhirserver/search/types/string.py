@@ -39,7 +39,11 @@ _ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", 
 
 
 def index_rows(
-    nodes: Iterable[Any], parameter: SearchParameter, *, base_url: str = ""
+    nodes: Iterable[Any],
+    parameter: SearchParameter,
+    *,
+    base_url: str = "",
+    resource: dict | None = None,
 ) -> list[dict]:
     rows: list[dict] = []
     seen: set[str] = set()

@@ -57,7 +57,11 @@ _Row = tuple[str | None, str | None, str | None]
 
 
 def index_rows(
-    nodes: Iterable[Any], parameter: SearchParameter, *, base_url: str = ""
+    nodes: Iterable[Any],
+    parameter: SearchParameter,
+    *,
+    base_url: str = "",
+    resource: dict | None = None,
 ) -> list[dict]:
     rows: list[_Row] = []
     for node in nodes:

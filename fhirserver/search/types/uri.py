@@ -39,7 +39,11 @@ MODIFIERS = frozenset({"below", "above"})
 
 
 def index_rows(
-    nodes: Iterable[Any], parameter: SearchParameter, *, base_url: str = ""
+    nodes: Iterable[Any],
+    parameter: SearchParameter,
+    *,
+    base_url: str = "",
+    resource: dict | None = None,
 ) -> list[dict]:
     values = dict.fromkeys(n.value for n in nodes if isinstance(n.value, str) and n.value)
     return [{"value": v} for v in values]
