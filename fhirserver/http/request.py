@@ -80,7 +80,7 @@ def build(
     with_body: bool = False,
 ) -> FhirRequest:
     params = tuple((key, value) for key, value in http.args.items(multi=True))
-    if interaction == "search-type" and http.method == "POST":
+    if interaction in ("search-type", "search-system") and http.method == "POST":
         # POST [type]/_search: parameters in a form body, as well as in the URL.
         if http.content_length and http.mimetype != "application/x-www-form-urlencoded":
             raise UnsupportedMediaType(

@@ -21,6 +21,9 @@ def blueprint(base_path: str) -> Blueprint:
     api = Blueprint("fhir", __name__, url_prefix=base_path.rstrip("/") or None)
 
     api.add_url_rule("/metadata", "capabilities", lambda: _run("capabilities"), methods=["GET"])
+    api.add_url_rule(
+        "/", "search-system", lambda: _run("search-system"), methods=["GET"], strict_slashes=False
+    )
     api.add_url_rule("/_history", "history-system", lambda: _run("history-system"), methods=["GET"])
     api.add_url_rule(
         "/<resource_type>",

@@ -50,6 +50,7 @@ def _build() -> dict[str, Interaction]:
         Interaction("create", "type", True, create.handle),
         Interaction("search-type", "type", False, search.handle, advertised=search.IMPLEMENTED),
         Interaction("history-system", "system", False, history.handle),
+        Interaction("search-system", "system", False, search.handle),
         Interaction("capabilities", "system", False, capabilities.handle, advertised=False),
     ]
     return {interaction.code: interaction for interaction in table}

@@ -1,4 +1,5 @@
-"""search: ``GET [base]/[type]?...`` and ``POST [base]/[type]/_search`` — http://hl7.org/fhir/R4/search.html
+"""search: ``GET [base]/[type]?...``, ``POST [base]/[type]/_search`` and the system
+search ``GET [base]?_type=...`` — http://hl7.org/fhir/R4/search.html
 
 Parameters come from the SearchParameter registry; unknown ones are ignored
 and reported in the Bundle (an OperationOutcome entry with search.mode
@@ -8,7 +9,7 @@ and reported in the Bundle (an OperationOutcome entry with search.mode
 from __future__ import annotations
 
 from fhirserver.interactions.request import FhirRequest, FhirResponse
-from fhirserver.search.parse import parse
+from fhirserver.search.parse import parse, parse_system
 from fhirserver.search.types import SearchContext
 from fhirserver.storage.repository import Repository
 
@@ -18,9 +19,12 @@ _FORMAT_PARAMETERS = frozenset({"_format", "_pretty"})
 
 
 def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
-    assert request.resource_type is not None
     params = [(k, v) for k, v in request.params if k not in _FORMAT_PARAMETERS]
-    query = parse(request.resource_type, params, strict=request.prefer_handling == "strict")
+    strict = request.prefer_handling == "strict"
+    if request.resource_type is None:
+        query = parse_system(params, strict=strict)
+    else:
+        query = parse(request.resource_type, params, strict=strict)
     context = SearchContext(base_url=request.base_url)
     bundle = repository.search(query, context, base_url=request.base_url, params=params)
     return FhirResponse(status=200, resource=bundle)

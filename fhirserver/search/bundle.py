@@ -69,10 +69,10 @@ def run(
 
     shape = _shaper(query)
     entries = [
-        _entry(base_url, query.resource_type, row.id, shape(row.body), "match") for row in rows
+        _entry(base_url, row.resource_type, row.id, shape(row.body), "match") for row in rows
     ]
     included, truncated = _includes(
-        conn, query, [(query.resource_type, row.id, row.pk) for row in rows]
+        conn, query, [(row.resource_type, row.id, row.pk) for row in rows]
     )
     entries += [_entry(base_url, t, i, shape(body), "include") for t, i, body in included]
     issues = [
@@ -197,5 +197,5 @@ def _without_cursor(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def _url(base_url: str, resource_type: str, params: list[tuple[str, str]]) -> str:
-    url = f"{base_url}/{resource_type}"
+    url = f"{base_url}/{resource_type}" if resource_type else base_url
     return f"{url}?{urlencode(params)}" if params else url

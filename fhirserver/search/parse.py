@@ -109,6 +109,50 @@ def parse(
     )
 
 
+def parse_system(params: list[tuple[str, str]], *, strict: bool = False) -> SearchQuery:
+    """``GET [base]?_type=A,B&...`` — http://hl7.org/fhir/R4/search.html#all
+
+    Each listed type (every type without ``_type``) is searched with the same
+    parameters; a parameter a type does not have is reported once (or 400
+    under strict handling), and that type then matches nothing.
+    """
+    from fhirserver.resources.registry import resource_types
+
+    wanted = [v.strip() for k, v in params if k == "_type" for v in v.split(",") if v.strip()]
+    for name in wanted:
+        if not is_resource_type(name):
+            raise BadRequest(f"_type `{name}` is not a resource type this server knows.")
+    types = list(dict.fromkeys(wanted)) or list(resource_types())
+    rest = [(k, v) for k, v in params if k != "_type"]
+    branches, warnings = [], []
+    template: SearchQuery | None = None
+    for resource_type in types:
+        query = parse(resource_type, rest, strict=strict)
+        template = template or query
+        criteria_count = sum(
+            1
+            for k, _ in rest
+            if k not in RESULT_PARAMETERS and not k.startswith(("_include", "_revinclude"))
+        )
+        if len(query.criteria) < criteria_count:
+            warnings += [w for w in query.warnings if w not in warnings]
+            continue  # a criterion this type cannot evaluate: it matches nothing
+        branches.append((resource_type, query.criteria))
+    assert template is not None
+    return SearchQuery(
+        resource_type="",
+        branches=tuple(branches) or (("", ()),),
+        sort=template.sort,
+        count=template.count,
+        includes=template.includes,
+        total=template.total,
+        summary=template.summary,
+        elements=template.elements,
+        cursor=template.cursor,
+        warnings=tuple(warnings),
+    )
+
+
 class _Unknown(Exception):
     """A parameter this server does not know for the type (ignored or 400, by handling)."""
 

@@ -152,13 +152,17 @@ def _has_condition(
 # -- sorting and paging ----------------------------------------------------------
 
 
-def _sort_expression(r, resource_type: str, key: SortKey):
+def _sort_expression(r, key: SortKey):
     parameter = key.parameter
     table = SEARCH_TABLES[parameter.type].alias()
     aggregate = module_for(parameter.type).sort_key(table, key.descending)
     return (
         select(aggregate)
-        .where(table.c.resource_pk == r.c.pk, *_rows_of(table, resource_type, parameter.code))
+        .where(
+            table.c.resource_pk == r.c.pk,
+            table.c.resource_type == r.c.resource_type,
+            table.c.param == parameter.code,
+        )
         .scalar_subquery()
     )
 
@@ -166,17 +170,25 @@ def _sort_expression(r, resource_type: str, key: SortKey):
 def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
     """The page statement: (pk, id, body, version_id, last_updated, sort values...) in order."""
     r = resource.alias("r")
-    where = [r.c.resource_type == query.resource_type, r.c.deleted == false()]
-    for criterion in query.criteria:
-        where.append(_condition(r, query.resource_type, criterion, context))
+    where: list[ColumnElement[bool]] = [r.c.deleted == false()]
+    if query.branches:
+        # A system search: each type with its own criteria, in one statement.
+        where.append(
+            or_(
+                *[
+                    and_(r.c.resource_type == t, *[_condition(r, t, c, context) for c in criteria])
+                    for t, criteria in query.branches
+                ]
+            )
+        )
+    else:
+        where.append(r.c.resource_type == query.resource_type)
+        where += [_condition(r, query.resource_type, c, context) for c in query.criteria]
 
-    sort_values = [
-        _sort_expression(r, query.resource_type, key).label(f"s{i}")
-        for i, key in enumerate(query.sort)
-    ]
-    inner = select(r.c.pk, r.c.id, r.c.body, r.c.version_id, r.c.last_updated, *sort_values).where(
-        *where
-    )
+    sort_values = [_sort_expression(r, key).label(f"s{i}") for i, key in enumerate(query.sort)]
+    inner = select(
+        r.c.pk, r.c.resource_type, r.c.id, r.c.body, r.c.version_id, r.c.last_updated, *sort_values
+    ).where(*where)
     count = (
         select(func.count()).select_from(select(r.c.pk).where(*where).subquery())
         if query.total == "accurate"

@@ -62,8 +62,11 @@ class Include:
 
 @dataclass(frozen=True)
 class SearchQuery:
+    #: The searched type; "" for a system search (see ``branches``).
     resource_type: str
     criteria: tuple[Criterion, ...] = ()
+    #: System search (``GET [base]?_type=...``): (type, its criteria) per searched type.
+    branches: tuple[tuple[str, tuple[Criterion, ...]], ...] = ()
     sort: tuple[SortKey, ...] = ()
     count: int = 20
     includes: tuple[Include, ...] = ()

@@ -342,3 +342,15 @@ def test_composite_parameters_match_within_one_element(client, people):
         client.get(f"{BASE}/Observation?component-code-value-quantity:missing=true").status_code
         == 400
     )
+
+
+def test_system_search_over_several_types(client, people):
+    bundle = search(client, "?_type=Patient,Practitioner&_id=chalmers,doc1")
+    found = sorted((e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"])
+    assert found == [("Patient", "chalmers"), ("Practitioner", "doc1")]
+    assert bundle["entry"][0]["fullUrl"].startswith("http://localhost/fhir/")
+    assert search(client, "?_type=Organization&_total=accurate")["total"] == 1
+    assert search(client, "?_id=obs1")["entry"][0]["resource"]["resourceType"] == "Observation"
+    assert client.get(f"{BASE}?_type=Spaceship").status_code == 400
+    paged = search(client, "?_type=Patient,Observation&_count=2&_sort=_lastUpdated")
+    assert len(ids(paged)) == 2 and any(link["relation"] == "next" for link in paged["link"])
