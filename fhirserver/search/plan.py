@@ -60,18 +60,21 @@ def matching_pks(
     resource_type: str, criteria: tuple[Criterion, ...], context: SearchContext
 ) -> Select:
     """SELECT pk of the current, not deleted resources of a type matching all criteria."""
-    r = resource.alias("r")
-    stmt = select(r.c.pk).where(r.c.resource_type == resource_type, r.c.deleted == false())
-    for criterion in criteria:
-        stmt = stmt.where(_condition(r, resource_type, criterion, context))
-    return stmt
+    return _matching("pk", resource_type, criteria, context)
 
 
 def matching_ids(
     resource_type: str, criteria: tuple[Criterion, ...], context: SearchContext
 ) -> Select:
-    r = resource.alias("r_ids")
-    stmt = select(r.c.id).where(r.c.resource_type == resource_type, r.c.deleted == false())
+    """SELECT id of the current, not deleted resources of a type matching all criteria."""
+    return _matching("id", resource_type, criteria, context)
+
+
+def _matching(
+    column: str, resource_type: str, criteria: tuple[Criterion, ...], context: SearchContext
+) -> Select:
+    r = resource.alias(f"r_{column}")
+    stmt = select(r.c[column]).where(r.c.resource_type == resource_type, r.c.deleted == false())
     for criterion in criteria:
         stmt = stmt.where(_condition(r, resource_type, criterion, context))
     return stmt
