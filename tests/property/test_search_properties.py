@@ -8,6 +8,7 @@ imported for it).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import unicodedata
@@ -24,7 +25,7 @@ from fhirserver.storage.tables import metadata
 from tests.api.helpers import BASE, FHIR_JSON
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("SEARCH_PROPERTY_EXAMPLES", "40")),
+    max_examples=int(os.environ.get("SEARCH_PROPERTY_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -96,6 +97,8 @@ def with_count(query: str, count: int | None) -> str:
 LETTERS = "aAbBeEéÉuUüÜnNñÑиИйЙеЕёЁ"
 #: Characters with a meaning in a search value (``,`` ``|`` ``$`` ``\\`` escaped) or in SQL LIKE.
 SPECIAL = ",|$\\%_"
+#: Letters that string search does not tell apart (case and accent folded).
+EQUIVALENT = ["aA", "bB", "eEéÉ", "uUüÜ", "nNñÑ", "иИйЙ", "еЕёЁ"]
 names = st.text(alphabet=LETTERS, min_size=1, max_size=6) | st.text(
     alphabet=LETTERS[:6] + SPECIAL, min_size=1, max_size=4
 )
@@ -143,19 +146,28 @@ def test_string_search(app, client, families, modifier, data, count):
         start = data.draw(st.integers(0, len(base) - 1), label="start")
         end = data.draw(st.integers(start + 1, len(base)), label="end")
         search = base[start:end] if modifier == "contains" else base[:end]
-        if data.draw(st.booleans(), label="recase"):
-            search = search.swapcase()
+        if data.draw(st.booleans(), label="variant"):
+            # Another spelling of the same letters: other case, with or without the accent.
+            search = "".join(
+                data.draw(st.sampled_from(next((g for g in EQUIVALENT if c in g), c)))
+                for c in search
+            )
     else:
         search = data.draw(names, label="search")
     # Sometimes a second value: ``a,b`` is OR.
     alternatives = [search, *data.draw(st.lists(names, max_size=1), label="or")]
     param = "family" if modifier is None else f"family:{modifier}"
     query = f"Patient?{param}=" + ",".join(escape(a) for a in alternatives)
+    # Sometimes a second parameter: ``&family=c`` is AND (any of the names may match it).
+    conjunct = data.draw(st.none() | names, label="and")
+    if conjunct is not None:
+        query += f"&{param}={escape(conjunct)}"
     got = search_all(client, with_count(query, count))
     expected = [
         f"p{i}"
         for i, fl in enumerate(families)
         if any(string_matches(f, modifier, a) for f in fl for a in alternatives)
+        and (conjunct is None or any(string_matches(f, modifier, conjunct) for f in fl))
     ]
     event("no match" if not expected else "some match")
     assert sorted(got) == sorted(expected), (search, families)
@@ -182,31 +194,31 @@ def token_matches(codings_: list, form: str, system: str | None, code: str | Non
     if form == "not":
         # :not — "the resources that do not have a matching coding" (incl. none at all).
         return not any(c == code for _, c in codings_)
+    if form == "not system|code":
+        return not any(s == system and c == code for s, c in codings_)
     raise AssertionError(form)
 
 
 @SETTINGS
 @given(
     observations=st.lists(codings, min_size=1, max_size=6),
-    form=st.sampled_from(["code", "system|code", "|code", "system|", "not"]),
+    form=st.sampled_from(["code", "system|code", "|code", "system|", "not", "not system|code"]),
     system=st.sampled_from([s for s in SYSTEMS if s]),
     code=st.sampled_from([*CODES, "zz"]),
+    data=st.data(),
     count=counts,
 )
-def test_token_search(app, client, observations, form, system, code, count):
+def test_token_search(app, client, observations, form, system, code, data, count):
     reset(app)
     for i, cs in enumerate(observations):
         coding = []
         for s, c in cs:
             coding.append({"code": c} if s is None else {"system": s, "code": c})
+        # No coding: a text-only concept (found by no code search, and by :not).
+        concept = {"coding": coding} if coding else {"text": "a1"}
         put(
             client,
-            {
-                "resourceType": "Observation",
-                "id": f"o{i}",
-                "status": "final",
-                "code": {"coding": coding},
-            },
+            {"resourceType": "Observation", "id": f"o{i}", "status": "final", "code": concept},
         )
     value = {
         "code": code,
@@ -214,11 +226,24 @@ def test_token_search(app, client, observations, form, system, code, count):
         "|code": f"|{code}",
         "system|": f"{system}|",
         "not": code,
+        "not system|code": f"{system}|{code}",
     }[form]
-    param = "code:not" if form == "not" else "code"
-    got = search_all(client, with_count(f"Observation?{param}={quote(value, safe='')}", count))
+    param = "code:not" if form.startswith("not") else "code"
+    query = f"Observation?{param}={quote(value, safe='')}"
+    # Sometimes OR with a second code (``a,b``); not with :not (whose OR semantics differ).
+    other = (
+        None
+        if form.startswith("not")
+        else data.draw(st.none() | st.sampled_from(CODES), label="or")
+    )
+    if other is not None:
+        query += "," + other
+    got = search_all(client, with_count(query, count))
     expected = [
-        f"o{i}" for i, cs in enumerate(observations) if token_matches(cs, form, system, code)
+        f"o{i}"
+        for i, cs in enumerate(observations)
+        if token_matches(cs, form, system, code)
+        or (other is not None and token_matches(cs, "code", None, other))
     ]
     event("no match" if not expected else "some match")
     assert sorted(got) == sorted(expected), (value, observations)
@@ -268,17 +293,28 @@ def as_range(value: str) -> tuple[datetime, datetime]:
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
-def date_matches(target: str, prefix: str, search: str) -> bool:
+def target_range(target) -> tuple[datetime | None, datetime | None]:
+    """A date/dateTime's range, or a Period ``(start, end)``'s: [start's start, end's end), None unbounded."""
+    if isinstance(target, str):
+        return as_range(target)
+    start, end = target
+    return (as_range(start)[0] if start else None, as_range(end)[1] if end else None)
+
+
+def date_matches(target, prefix: str, search: str) -> bool:
     """The R4 prefix table for ranges: target range [lo, hi) against search range [s, e)."""
-    lo, hi = as_range(target)
+    lo, hi = target_range(target)  # None: unbounded (a Period without start / end)
     s, e = as_range(search)
 
     def overlaps(a_lo, a_hi, b_lo, b_hi):  # half-open ranges; None is unbounded
-        return (b_hi is None or a_lo < b_hi) and (a_hi is None or b_lo < a_hi)
+        return (a_lo is None or b_hi is None or a_lo < b_hi) and (
+            a_hi is None or b_lo is None or b_lo < a_hi
+        )
 
-    contains = s <= lo and hi <= e  # the search range fully contains the target
-    above = overlaps(lo, hi, e, None)  # the range above the search value intersects the target
-    below = lo < s  # the range below the search value [-inf, s) intersects the target
+    # the search range fully contains the target
+    contains = lo is not None and hi is not None and s <= lo and hi <= e
+    above = overlaps(lo, hi, e, None)  # the range above the search value [e, +inf) intersects
+    below = overlaps(lo, hi, None, s)  # the range below the search value [-inf, s) intersects
     if prefix == "eq":
         return contains
     if prefix == "ne":
@@ -292,11 +328,23 @@ def date_matches(target: str, prefix: str, search: str) -> bool:
     if prefix == "le":
         return below or contains
     if prefix == "sa":
-        # no overlap with the search range and the range above contains the target
-        return not overlaps(lo, hi, s, e) and lo >= e
+        # no overlap with the search range, and the range above contains the target
+        return not overlaps(lo, hi, s, e) and lo is not None and lo >= e
     if prefix == "eb":
-        return not overlaps(lo, hi, s, e) and hi <= s
+        return not overlaps(lo, hi, s, e) and hi is not None and hi <= s
     raise AssertionError(prefix)
+
+
+@st.composite
+def periods(draw) -> tuple[str | None, str | None]:
+    """A Period: start and/or end (start <= end)."""
+    start = draw(st.none() | date_times())
+    end = draw(st.none() | date_times())
+    if start is None and end is None:
+        start = draw(date_times())
+    if start and end and as_range(start)[0] > as_range(end)[0]:
+        start, end = end, start
+    return start, end
 
 
 ZONES = ["Z", "+01:00", "-05:00", "+14:00", "-12:00", "+05:30"]
@@ -345,16 +393,26 @@ PREFIXES = ["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"]
 @given(
     birth_dates=st.lists(st.none() | dates(with_time=False), min_size=1, max_size=6),
     prefix=st.sampled_from(PREFIXES),
-    search=dates(with_time=True),
+    data=st.data(),
     count=counts,
 )
-def test_birthdate_search(app, client, birth_dates, prefix, search, count):
+def test_birthdate_search(app, client, birth_dates, prefix, data, count):
     reset(app)
     for i, value in enumerate(birth_dates):
         patient: dict = {"resourceType": "Patient", "id": f"p{i}"}
         if value:
             patient["birthDate"] = value
         put(client, patient)
+    present = [v for v in birth_dates if v]
+    how = data.draw(st.sampled_from(["random", "same", "next", "previous"]), label="how")
+    if how == "random" or not present:
+        search = data.draw(dates(with_time=True), label="search")
+    else:
+        # A stored value, or the period of the same precision just after / before it.
+        value = data.draw(st.sampled_from(present), label="of")
+        start, end = as_range(value)
+        moment = {"same": start, "next": end, "previous": start - timedelta(days=1)}[how]
+        search = moment.strftime("%Y-%m-%d")[: len(value)]
     got = search_all(
         client, with_count(f"Patient?birthdate={prefix}{quote(search, safe='')}", count)
     )
@@ -369,7 +427,7 @@ def test_birthdate_search(app, client, birth_dates, prefix, search, count):
 
 @SETTINGS
 @given(
-    effective=st.lists(date_times(), min_size=1, max_size=6),
+    effective=st.lists(date_times() | periods(), min_size=1, max_size=6),
     prefix=st.sampled_from(PREFIXES),
     data=st.data(),
     count=counts,
@@ -384,11 +442,24 @@ def test_observation_date_search(app, client, effective, prefix, data, count):
                 "id": f"o{i}",
                 "status": "final",
                 "code": {"text": "x"},
-                "effectiveDateTime": value,
+                **(
+                    {"effectiveDateTime": value}
+                    if isinstance(value, str)
+                    else {
+                        "effectivePeriod": {
+                            k: v for k, v in zip(("start", "end"), value, strict=True) if v
+                        }
+                    }
+                ),
             },
         )
     if data.draw(st.booleans(), label="derived"):
-        search = data.draw(st.sampled_from(effective), label="search")
+        search = data.draw(
+            st.sampled_from(
+                [v for e in effective for v in ([e] if isinstance(e, str) else e) if v]
+            ),
+            label="search",
+        )
     else:
         search = data.draw(dates(with_time=True), label="search")
     got = search_all(
@@ -408,7 +479,7 @@ TO_MG = {"mg": Decimal(1), "g": Decimal(1000), "kg": Decimal(1000000)}
 decimal_texts = st.builds(
     lambda whole, frac: f"{whole}" if frac is None else f"{whole}.{frac}",
     st.integers(-3, 60),
-    st.none() | st.sampled_from(["0", "4", "5", "45", "05", "00", "001", "999"]),
+    st.none() | st.sampled_from(["0", "4", "5", "45", "05", "00", "001", "999", "35", "0000005"]),
 )
 
 
@@ -462,21 +533,41 @@ def test_quantity_search(app, client, quantities, prefix, data, count):
         value, stored_unit = data.draw(st.sampled_from(quantities), label="stored")
         converted = Decimal(value) * TO_MG[stored_unit] / TO_MG[unit]
         places = data.draw(st.integers(0, 4), label="places")
-        number_text = f"{converted:.{places}f}" if data.draw(st.booleans()) else f"{converted:f}"
+        how = data.draw(st.sampled_from(["rounded", "exact", "low edge", "high edge"]), label="how")
+        if how == "rounded":
+            number_text = f"{converted:.{places}f}"
+        elif how == "exact":
+            number_text = f"{converted:f}"
+        else:
+            # A number whose implicit range starts (or ends) exactly at the stored value.
+            half = Decimal(5).scaleb(-places - 1)
+            edge = converted + half if how == "low edge" else converted - half
+            rounded = Decimal(f"{edge:.{places}f}")
+            number_text = f"{edge:.{places}f}" if rounded == edge else f"{converted:f}"
     else:
         number_text = data.draw(decimal_texts, label="number")
+    # number|system|code (UCUM: converted), number||code (as written), number (any unit).
+    form = data.draw(st.sampled_from(["ucum", "ucum", "no system", "number"]), label="form")
+    suffix = {"ucum": f"|{quote(UCUM, safe='')}|{unit}", "no system": f"||{unit}", "number": ""}[
+        form
+    ]
     got = search_all(
-        client,
-        with_count(
-            f"Observation?value-quantity={prefix}{number_text}|{quote(UCUM, safe='')}|{unit}", count
-        ),
+        client, with_count(f"Observation?value-quantity={prefix}{number_text}{suffix}", count)
     )
     number = Decimal(number_text)
-    expected = [
-        f"o{i}"
-        for i, (value, stored_unit) in enumerate(quantities)
-        if quantity_matches(Decimal(value) * TO_MG[stored_unit], prefix or "eq", number, unit)
-    ]
+    if form == "ucum":
+        expected = [
+            f"o{i}"
+            for i, (value, stored_unit) in enumerate(quantities)
+            if quantity_matches(Decimal(value) * TO_MG[stored_unit], prefix or "eq", number, unit)
+        ]
+    else:  # the value as written, in the same unit or in any unit
+        expected = [
+            f"o{i}"
+            for i, (value, stored_unit) in enumerate(quantities)
+            if (form == "number" or stored_unit == unit)
+            and quantity_matches(Decimal(value), prefix or "eq", number, "mg")
+        ]
     event("no match" if not expected else "some match")
     assert sorted(got) == sorted(expected), (prefix, number_text, unit, quantities)
 
@@ -494,7 +585,17 @@ def test_quantity_search(app, client, quantities, prefix, data, count):
         max_size=25,
     ),
     count=st.integers(1, 6),
-    sort=st.sampled_from([None, "birthdate", "-family", "family", "-birthdate"]),
+    sort=st.sampled_from(
+        [
+            None,
+            "birthdate",
+            "-family",
+            "family",
+            "-birthdate",
+            "family,-birthdate",
+            "-family,birthdate",
+        ]
+    ),
     insert_after=st.none() | st.integers(0, 5),
     inserted=st.tuples(st.sampled_from(["Aa", "Zzz", "Иа"]), st.none() | dates(with_time=False)),
 )
@@ -528,26 +629,26 @@ def test_paging_visits_every_match_once(app, client, patients, count, sort, inse
     assert originals <= set(seen), (sorted(originals - set(seen)), seen)
     assert set(seen) - originals <= {"new"}
     if sort and insert_after is None:
-        # The order follows the sort key (ties in any order).
-        def key(pid):
+        # The order follows the sort keys (ascending: the least value, descending:
+        # the greatest; ties in any order; resources missing a key are not checked).
+        def keys(pid):
             family, birth = patients[int(pid[1:])]
-            if sort.endswith("family"):
-                return fold(family)
-            return as_range(birth)[0] if birth else None
+            out = []
+            for part in sort.split(","):
+                descending = part.startswith("-")
+                if part.endswith("family"):
+                    out.append((fold(family), descending))
+                elif birth is None:
+                    return None
+                else:
+                    out.append((as_range(birth)[1 if descending else 0], descending))
+            return out
 
-        keys = [key(pid) for pid in seen]
-        present = [k for k in keys if k is not None]
-        descending = sort.startswith("-")
-        if sort.endswith("birthdate"):
-            if not descending:
-                assert present == sorted(present), seen
-            else:
-                # descending on the latest moment of the value
-                highs = [
-                    as_range(patients[int(p[1:])][1])[1] for p in seen if patients[int(p[1:])][1]
-                ]
-                assert highs == sorted(highs, reverse=True), seen
-        else:
-            assert present == (sorted(present, reverse=True) if descending else sorted(present)), (
-                seen
-            )
+        def compare(a, b):
+            for (x, descending), (y, _) in zip(a, b, strict=True):
+                if x != y:
+                    return (-1 if x < y else 1) * (-1 if descending else 1)
+            return 0
+
+        ordered = [k for k in map(keys, seen) if k is not None]
+        assert ordered == sorted(ordered, key=functools.cmp_to_key(compare)), seen
