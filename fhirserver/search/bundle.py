@@ -47,24 +47,26 @@ def run(
         return bundle
 
     rows = list(conn.execute(plan.page)) if query.count > 0 else []
-    has_next = len(rows) > query.count
+    more = len(rows) > query.count
     rows = rows[: query.count]
+    if plan.backwards:
+        # Read backwards from the cursor: put the page in order; the page it came from follows.
+        rows.reverse()
+        has_previous, has_next = more, True
+    else:
+        has_previous, has_next = query.cursor is not None, more
     if total is not None:
         bundle["total"] = total
     links = [
         {"relation": "self", "url": _url(base_url, query.resource_type, params)},
         {"relation": "first", "url": _url(base_url, query.resource_type, _without_cursor(params))},
     ]
+    if has_previous and rows:
+        cursor = planner.encode_cursor(rows[0], plan.sort_columns, backwards=True)
+        links.append({"relation": "previous", "url": _paged(base_url, query, params, cursor)})
     if has_next and rows:
         cursor = planner.encode_cursor(rows[-1], plan.sort_columns)
-        links.append(
-            {
-                "relation": "next",
-                "url": _url(
-                    base_url, query.resource_type, [*_without_cursor(params), ("_cursor", cursor)]
-                ),
-            }
-        )
+        links.append({"relation": "next", "url": _paged(base_url, query, params, cursor)})
     bundle["link"] = links
 
     shape = _shaper(query)
@@ -190,6 +192,10 @@ def _follow(conn: Connection, include: Include, frontier: list[tuple[str, str, i
         (row.resource_type, row.id, row.pk, row.body)
         for row in conn.execute(stmt.limit(MAX_INCLUDES + 1))
     ]
+
+
+def _paged(base_url: str, query: SearchQuery, params: list[tuple[str, str]], cursor: str) -> str:
+    return _url(base_url, query.resource_type, [*_without_cursor(params), ("_cursor", cursor)])
 
 
 def _without_cursor(params: list[tuple[str, str]]) -> list[tuple[str, str]]:

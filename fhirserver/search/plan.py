@@ -54,6 +54,9 @@ class Plan:
     page: Select
     count: Select | None
     sort_columns: tuple[str, ...]
+    #: True when the page was read backwards (a ``previous`` link): the rows come
+    #: newest-last-first and the caller reverses them.
+    backwards: bool = False
 
 
 def matching_pks(
@@ -201,19 +204,23 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
     page = inner.subquery("page")
     columns = [page.c[f"s{i}"] for i in range(len(query.sort))]
     stmt = select(page)
+    backwards = False
     if query.cursor:
-        stmt = stmt.where(
-            _after_cursor(
-                columns, page.c.pk, query.sort, decode_cursor(query.cursor, len(query.sort))
-            )
-        )
+        backwards, values = decode_cursor(query.cursor, len(query.sort))
+        keyset = _before_cursor if backwards else _after_cursor
+        stmt = stmt.where(keyset(columns, page.c.pk, query.sort, values))
     order = []
     for column, key in zip(columns, query.sort, strict=True):
         # NULLs (resources without the value) sort last in either direction.
-        order += [column.is_(None), column.desc() if key.descending else column.asc()]
-    order.append(page.c.pk.asc())
+        ascending = not key.descending
+        if backwards:
+            order += [column.is_(None).desc(), column.desc() if ascending else column.asc()]
+        else:
+            order += [column.is_(None), column.asc() if ascending else column.desc()]
+    order.append(page.c.pk.desc() if backwards else page.c.pk.asc())
     stmt = stmt.order_by(*order).limit(limit)
-    return Plan(page=stmt, count=count, sort_columns=tuple(f"s{i}" for i in range(len(query.sort))))
+    sort_columns = tuple(f"s{i}" for i in range(len(query.sort)))
+    return Plan(page=stmt, count=count, sort_columns=sort_columns, backwards=backwards)
 
 
 def _after_cursor(
@@ -232,13 +239,38 @@ def _after_cursor(
     return condition
 
 
-def encode_cursor(row: Any, sort_columns: tuple[str, ...]) -> str:
+def _before_cursor(
+    columns, pk_column, keys: tuple[SortKey, ...], cursor: list[Any]
+) -> ColumnElement[bool]:
+    """Rows strictly before the cursor in (NULLS LAST sort keys..., pk) order."""
+    *values, first_pk = cursor
+    condition: ColumnElement[bool] = pk_column < first_pk
+    for column, key, value in reversed(list(zip(columns, keys, values, strict=True))):
+        if value is None:
+            # Every non-NULL value comes before a NULL.
+            condition = or_(column.is_not(None), and_(column.is_(None), condition))
+        else:
+            ahead = column > value if key.descending else column < value
+            condition = or_(and_(column.is_not(None), ahead), and_(column == value, condition))
+    return condition
+
+
+#: Cursor prefixes: read the rows after the cursor row, or before it (``previous``).
+_FORWARD, _BACKWARD = "n", "p"
+
+
+def encode_cursor(row: Any, sort_columns: tuple[str, ...], *, backwards: bool = False) -> str:
     values = [_jsonable(getattr(row, name)) for name in sort_columns] + [row.pk]
-    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+    encoded = base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+    return f"{_BACKWARD if backwards else _FORWARD}{encoded}"
 
 
-def decode_cursor(text: str, sort_keys: int) -> list[Any]:
+def decode_cursor(text: str, sort_keys: int) -> tuple[bool, list[Any]]:
+    """(backwards, key values) of a cursor made by :func:`encode_cursor`."""
+    direction, text = text[:1], text[1:]
     try:
+        if direction not in (_FORWARD, _BACKWARD):
+            raise ValueError(direction)
         values = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except ValueError:
         raise BadRequest(
@@ -252,7 +284,7 @@ def decode_cursor(text: str, sort_keys: int) -> list[Any]:
         raise BadRequest(
             "The paging cursor does not fit this search; follow the Bundle's links as given."
         )
-    return [_from_jsonable(v) for v in values]
+    return direction == _BACKWARD, [_from_jsonable(v) for v in values]
 
 
 def _jsonable(value: Any) -> Any:

@@ -354,3 +354,26 @@ def test_system_search_over_several_types(client, people):
     assert client.get(f"{BASE}?_type=Spaceship").status_code == 400
     paged = search(client, "?_type=Patient,Observation&_count=2&_sort=_lastUpdated")
     assert len(ids(paged)) == 2 and any(link["relation"] == "next" for link in paged["link"])
+
+
+def _link(bundle: dict, relation: str) -> str | None:
+    url = next((link["url"] for link in bundle["link"] if link["relation"] == relation), None)
+    return url.split("/fhir/", 1)[1] if url else None
+
+
+def test_previous_links_walk_back_over_the_same_pages(client, people):
+    for i in range(5):
+        put(client, {"resourceType": "Patient", "id": f"extra{i}", "birthDate": f"200{i}-01-01"})
+    for query in ("Patient?_count=2", "Patient?_sort=-birthdate&_count=2", "Patient?_sort=family&_count=3"):
+        pages, url = [], query
+        while url:
+            page = search(client, url)
+            pages.append(ids(page))
+            url = _link(page, "next")
+        assert _link(search(client, query), "previous") is None
+        backwards, url = [], _link(page, "previous")
+        while url:
+            page = search(client, url)
+            backwards.append(ids(page))
+            url = _link(page, "previous")
+        assert backwards == pages[-2::-1], query
