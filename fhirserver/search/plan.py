@@ -209,7 +209,7 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
         backwards, values = decode_cursor(query.cursor, len(query.sort))
         keyset = _before_cursor if backwards else _after_cursor
         stmt = stmt.where(keyset(columns, page.c.pk, query.sort, values))
-    order = []
+    order: list[Any] = []
     for column, key in zip(columns, query.sort, strict=True):
         # NULLs (resources without the value) sort last in either direction.
         ascending = not key.descending
