@@ -38,6 +38,8 @@ def run(
 ) -> dict:
     plan = planner.build(query, context, limit=query.count + 1)
     total = conn.execute(plan.count).scalar_one() if plan.count is not None else None
+    if query.total == "estimate":
+        total = _estimate(conn, plan)
     bundle: dict = {"resourceType": "Bundle", "type": "searchset"}
     if query.summary == "count":
         bundle["total"] = (
@@ -92,6 +94,20 @@ def run(
         entries.append({"resource": operation_outcome(issues), "search": {"mode": "outcome"}})
     bundle["entry"] = entries
     return bundle
+
+
+def _estimate(conn: Connection, plan: planner.Plan) -> int | None:
+    """PostgreSQL's row estimate for the matches (no count is run); None where there is none."""
+    if conn.dialect.name != "postgresql" or plan.matches is None:
+        return None
+    compiled = plan.matches.compile(
+        dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    explained = conn.exec_driver_sql(
+        "EXPLAIN (FORMAT JSON) " + str(compiled), compiled.params
+    ).scalar_one()
+    document = explained if isinstance(explained, list) else orjson.loads(explained)
+    return int(document[0]["Plan"]["Plan Rows"])
 
 
 def _shaper(query: SearchQuery):

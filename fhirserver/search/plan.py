@@ -54,6 +54,8 @@ class Plan:
     page: Select
     count: Select | None
     sort_columns: tuple[str, ...]
+    #: SELECT pk of every match (what ``_total=estimate`` asks the planner about).
+    matches: Select | None = None
     #: True when the page was read backwards (a ``previous`` link): the rows come
     #: newest-last-first and the caller reverses them.
     backwards: bool = False
@@ -220,7 +222,13 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
     order.append(page.c.pk.desc() if backwards else page.c.pk.asc())
     stmt = stmt.order_by(*order).limit(limit)
     sort_columns = tuple(f"s{i}" for i in range(len(query.sort)))
-    return Plan(page=stmt, count=count, sort_columns=sort_columns, backwards=backwards)
+    return Plan(
+        page=stmt,
+        count=count,
+        sort_columns=sort_columns,
+        backwards=backwards,
+        matches=select(r.c.pk).where(*where),
+    )
 
 
 def _after_cursor(
