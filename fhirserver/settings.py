@@ -21,9 +21,6 @@ class Settings:
     #: Largest request body accepted (413 above it). Documents of 10 MB travel
     #: as base64 inside JSON, hence the headroom.
     max_body_bytes: int = 20 * 1024 * 1024
-    #: Default and largest page size of history and search Bundles.
-    default_page_size: int = 20
-    max_page_size: int = 1000
     #: PostgreSQL connection pool per server process.
     pool_size: int = 10
 
