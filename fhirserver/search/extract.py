@@ -9,25 +9,30 @@ repository writes the rows in the same transaction as the resource.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from types import ModuleType
+from typing import Any
 
 from fhirserver.search import registry
 from fhirserver.search.expressions import compile_expression
 from fhirserver.search.registry import SearchParameter
-from fhirserver.search.types import SEARCHABLE_TYPES, module_for
+from fhirserver.search.types import SEARCHABLE_TYPES, module_of
 
 log = logging.getLogger(__name__)
 
-Evaluator = Callable[[dict], list]
+Evaluator = Callable[[dict], Sequence[Any]]
 
 
 @cache
 def _plan(resource_type: str) -> tuple[tuple[SearchParameter, Evaluator, ModuleType], ...]:
     """(parameter, compiled expression, type module) for each indexed parameter of a type."""
-    plan = []
+    plan: list[tuple[SearchParameter, Evaluator, ModuleType]] = []
     for parameter in registry.parameters_for(resource_type).values():
+        if parameter.fulltext is not None:
+            # Text parameters read the whole resource (types/fulltext.py).
+            plan.append((parameter, _whole_resource, module_of(parameter)))
+            continue
         if not parameter.searchable or parameter.type not in SEARCHABLE_TYPES:
             continue
         expression = branches_for(parameter.expression or "", resource_type)
@@ -38,8 +43,12 @@ def _plan(resource_type: str) -> tuple[tuple[SearchParameter, Evaluator, ModuleT
         except Exception as exc:  # noqa: BLE001 - one bad definition must not stop the server
             log.warning("SearchParameter %s is not indexed: %s", parameter.url, exc)
             continue
-        plan.append((parameter, evaluate, module_for(parameter.type)))
+        plan.append((parameter, evaluate, module_of(parameter)))
     return tuple(plan)
+
+
+def _whole_resource(resource: dict) -> list:
+    return [resource]
 
 
 #: Leading types of expression branches that apply to every resource.

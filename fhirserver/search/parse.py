@@ -169,7 +169,7 @@ def parse_criterion(resource_type: str, name: str, value: str, *, depth: int) ->
         raise _Unknown(f"{resource_type} has no search parameter `{code}`.")
     if dot:
         return _chain(resource_type, parameter, modifier or None, rest, value, depth)
-    if parameter.type not in SEARCHABLE_TYPES:
+    if parameter.type not in SEARCHABLE_TYPES and parameter.fulltext is None:
         raise _Unknown(
             f"`{code}` is a {parameter.type} parameter, which this server cannot search yet."
         )
@@ -183,9 +183,9 @@ def parse_criterion(resource_type: str, name: str, value: str, *, depth: int) ->
 def _check_modifier(parameter: SearchParameter, modifier: str | None) -> None:
     if modifier is None:
         return
-    from fhirserver.search.types import module_for
+    from fhirserver.search.types import module_of
 
-    module = module_for(parameter.type)
+    module = module_of(parameter)
     if hasattr(module, "matching_pks"):
         raise BadRequest(
             f"Modifier `:{modifier}` is not supported on the {parameter.type} parameter `{parameter.code}`."
@@ -262,7 +262,12 @@ def _sort(resource_type: str, value: str) -> list[SortKey]:
         descending = item.startswith("-")
         code = item.lstrip("-")
         parameter = registry.parameter(resource_type, code)
-        if parameter is None or not parameter.searchable or parameter.type not in INDEXED_TYPES:
+        if (
+            parameter is None
+            or not parameter.searchable
+            or parameter.fulltext is not None
+            or parameter.type not in INDEXED_TYPES
+        ):
             raise BadRequest(
                 f"Cannot sort {resource_type} by `{code}`: no such sortable search parameter."
             )

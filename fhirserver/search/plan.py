@@ -40,7 +40,7 @@ from fhirserver.search.query import (
     SortKey,
     ValueCriterion,
 )
-from fhirserver.search.types import SearchContext, module_for
+from fhirserver.search.types import SearchContext, module_for, module_of
 from fhirserver.storage.tables import SEARCH_TABLES, resource
 
 #: Modifiers that mean "no matching value" of another modifier (http://hl7.org/fhir/R4/search.html#modifiers).
@@ -105,11 +105,11 @@ def _value_condition(
     r, resource_type: str, criterion: ValueCriterion, context: SearchContext
 ) -> ColumnElement[bool]:
     parameter = criterion.parameter
-    module = module_for(parameter.type)
+    module = module_of(parameter)
     if hasattr(module, "matching_pks"):
         # Parameters spread over several index tables (composites) select their own rows.
         return r.c.pk.in_(module.matching_pks(resource_type, parameter, criterion.values, context))
-    table = SEARCH_TABLES[parameter.type].alias()
+    table = module.TABLE.alias()
     scope = _rows_of(table, resource_type, parameter.code)
     if criterion.modifier == "missing":
         has_value = exists().where(table.c.resource_pk == r.c.pk, *scope)

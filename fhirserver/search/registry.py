@@ -43,10 +43,12 @@ class SearchParameter:
     components: tuple[Component, ...] = ()
     modifiers: tuple[str, ...] = ()
     comparators: tuple[str, ...] = ()
+    #: For the text parameters (conformance/fulltext.json): which text they read.
+    fulltext: str | None = None
 
     @property
     def searchable(self) -> bool:
-        return bool(self.expression) and self.type != "special"
+        return (bool(self.expression) and self.type != "special") or self.fulltext is not None
 
 
 def _parse(resource: dict) -> SearchParameter:
@@ -62,7 +64,13 @@ def _parse(resource: dict) -> SearchParameter:
         ),
         modifiers=tuple(resource.get("modifier", ())),
         comparators=tuple(resource.get("comparator", ())),
+        fulltext=None if resource.get("expression") else _fulltext_sources().get(resource["code"]),
     )
+
+
+@cache
+def _fulltext_sources() -> Mapping[str, str]:
+    return MappingProxyType(conformance.load("fulltext.json")["parameters"])
 
 
 def _definitions() -> list[dict]:

@@ -217,6 +217,14 @@ search_uri = _index_table(
     Column("value", Text, nullable=False),
 )
 
+search_text = _index_table(
+    "search_text",
+    # The text of _text (narrative) or _content (every string), searched with
+    # PostgreSQL full-text search, or SQLite FTS5 (search_text_fts, kept in step
+    # by triggers; see migration 0004).
+    Column("content", Text, nullable=False),
+)
+
 SEARCH_TABLES = {
     "string": search_string,
     "token": search_token,
@@ -225,6 +233,7 @@ SEARCH_TABLES = {
     "quantity": search_quantity,
     "reference": search_reference,
     "uri": search_uri,
+    "fulltext": search_text,
 }
 
 # varchar_pattern_ops: PostgreSQL uses the index for LIKE 'prefix%' (starts-with) only with it.
@@ -275,3 +284,4 @@ Index("ix_search_reference_target", search_reference.c.target_type, search_refer
 Index("ix_search_reference_pk", search_reference.c.resource_pk)
 Index("ix_search_uri", search_uri.c.resource_type, search_uri.c.param, search_uri.c.value)
 Index("ix_search_uri_pk", search_uri.c.resource_pk)
+Index("ix_search_text_pk", search_text.c.resource_pk)

@@ -391,3 +391,38 @@ def test_total_estimate_never_counts_and_is_a_number_on_postgresql(client, peopl
         # SQLite has no planner estimate: the total is left out rather than counted.
         assert "total" not in bundle
     assert len(ids(bundle)) == 2
+
+
+def test_text_and_content_full_text_search(client, people):
+    narrative = '<div xmlns="http://www.w3.org/1999/xhtml"><p>Пациент жалуется на <b>головную боль</b> и тошноту</p></div>'
+    put(
+        client,
+        {
+            "resourceType": "Condition",
+            "id": "headache",
+            "subject": {"reference": "Patient/ivanov"},
+            "text": {"status": "generated", "div": narrative},
+            "code": {"text": "Migraine without aura"},
+        },
+    )
+    assert ids(search(client, "Condition?_text=головную")) == ["headache"]
+    assert ids(search(client, "Condition?_text=ГОЛОВНУЮ боль")) == ["headache"]
+    assert ids(search(client, "Condition?_text=migraine")) == []  # not in the narrative
+    assert ids(search(client, "Condition?_content=migraine aura")) == ["headache"]
+    assert ids(search(client, "Condition?_content=aura,nothing")) == ["headache"]
+    assert ids(search(client, "Patient?_content=тверская")) == ["ivanov"]
+    # Query syntax in the value is not passed through: only the words count.
+    assert ids(search(client, 'Condition?_content="aura" * (')) == ["headache"]
+    put(
+        client,
+        {
+            "resourceType": "Condition",
+            "id": "headache",
+            "subject": {"reference": "Patient/ivanov"},
+            "code": {"text": "Tension headache"},
+        },
+    )
+    assert ids(search(client, "Condition?_content=migraine")) == []
+    assert ids(search(client, "Condition?_content=tension")) == ["headache"]
+    assert client.get(f"{BASE}/Condition?_content=%20%2C").status_code == 400
+    assert client.get(f"{BASE}/Condition?_sort=_text").status_code == 400

@@ -51,6 +51,13 @@ class SearchContext:
     )
 
 
+def module_of(parameter) -> ModuleType:
+    """The module searching one SearchParameter: by its type, or full text for the text parameters."""
+    if parameter.fulltext is not None:
+        return import_module("fhirserver.search.types.fulltext")
+    return module_for(parameter.type)
+
+
 def module_for(search_type: str) -> ModuleType:
     """The module implementing a SearchParameter type (KeyError for composite/special)."""
     if search_type not in SEARCHABLE_TYPES:
