@@ -20,10 +20,10 @@ from flask import Request, Response
 
 from fhirserver.audit import record as audit
 from fhirserver.consent.principal import ADMINISTRATOR, Principal
-from fhirserver.errors import FhirError, NotFound
+from fhirserver.errors import NotFound
 from fhirserver.http import request as fhir_http_request
 from fhirserver.http.errors import error_response
-from fhirserver.http.formats import DEFAULT, response_format
+from fhirserver.http.formats import response_format
 from fhirserver.http.response import Shape, parse_shape, render
 from fhirserver.interactions import registry
 from fhirserver.interactions.request import FhirRequest, FhirResponse
@@ -81,8 +81,8 @@ def dispatch(
     except Exception as error:  # noqa: BLE001 - every failure becomes an OperationOutcome
         response = error_response(error)
         _audit_failure(request, principal, response, error)
-        if not isinstance(error, FhirError):
-            shape = Shape(format=shape.format if shape.format else DEFAULT)
+        # An OperationOutcome keeps the negotiated format, never _summary/_elements.
+        return render(response, Shape(format=shape.format, pretty=shape.pretty))
     return render(response, shape, shape_resource=code in ("read", "vread"))
 
 

@@ -145,3 +145,11 @@ def test_if_match_on_missing_resource_is_412(client):
     response = put(client, patient(id="fresh"), **{"If-Match": 'W/"1"'})
     assert response.status_code == 412
     assert client.get(f"{BASE}/Patient/fresh").status_code == 404
+
+
+def test_errors_keep_the_format_but_are_never_subsetted(client):
+    response = client.get(f"{BASE}/Patient/missing?_elements=name&_summary=true&_format=xml")
+    assert response.status_code == 404
+    assert response.headers["Content-Type"].startswith("application/fhir+xml")
+    assert b"OperationOutcome" in response.data and b"SUBSETTED" not in response.data
+    assert b"Patient/missing" in response.data
