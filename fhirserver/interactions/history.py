@@ -19,12 +19,11 @@ from fhirserver.interactions.common import require_valid_id
 from fhirserver.interactions.request import FhirRequest, FhirResponse
 from fhirserver.resources.datetimes import parse_range
 from fhirserver.resources.meta import format_instant
+from fhirserver.search.parse import DEFAULT_COUNT, MAX_COUNT
 from fhirserver.storage.repository import HistoryQuery, Repository, StoredVersion
 
 #: Opaque keyset cursor of the next page.
 CURSOR = "_cursor"
-DEFAULT_COUNT = 20
-MAX_COUNT = 1000
 
 _STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK", "DELETE": "204 No Content"}
 
