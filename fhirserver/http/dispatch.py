@@ -49,6 +49,7 @@ def dispatch(
     resource_type: str | None = None,
     id: str | None = None,
     version_id: str | None = None,
+    compartment_search: str | None = None,
 ) -> Response:
     interaction = registry.get(code)
     principal = ADMINISTRATOR
@@ -70,6 +71,7 @@ def dispatch(
             resource_type=resource_type,
             id=id,
             version_id=version_id,
+            compartment_search=compartment_search,
             with_body=interaction.writes and http.method in ("POST", "PUT"),
         )
         request = replace(request, principal=principal)

@@ -77,10 +77,14 @@ def build(
     resource_type: str | None = None,
     id: str | None = None,
     version_id: str | None = None,
+    compartment_search: str | None = None,
     with_body: bool = False,
 ) -> FhirRequest:
     params = tuple((key, value) for key, value in http.args.items(multi=True))
-    if interaction in ("search-type", "search-system") and http.method == "POST":
+    if (
+        interaction in ("search-type", "search-system", "search-compartment")
+        and http.method == "POST"
+    ):
         # POST [type]/_search: parameters in a form body, as well as in the URL.
         if http.content_length and http.mimetype != "application/x-www-form-urlencoded":
             raise UnsupportedMediaType(
@@ -93,6 +97,7 @@ def build(
         resource_type=resource_type,
         id=id,
         version_id=version_id,
+        compartment_search=compartment_search,
         params=params,
         body=read_body(http, settings) if with_body else None,
         if_match=http.headers.get("If-Match"),

@@ -62,6 +62,17 @@ def blueprint(base_path: str) -> Blueprint:
         methods=["GET"],
     )
     api.add_url_rule(
+        "/<resource_type>/<id>/<compartment_search>",
+        "search-compartment",
+        lambda resource_type, id, compartment_search: _run(
+            "search-compartment",
+            resource_type=resource_type,
+            id=id,
+            compartment_search=compartment_search,
+        ),
+        methods=["GET"],
+    )
+    api.add_url_rule(
         "/<resource_type>/<id>/_history/<version_id>",
         "vread",
         lambda resource_type, id, version_id: _run(

@@ -14,6 +14,7 @@ from fhirserver.interactions import registry
 from fhirserver.interactions.request import FhirRequest, FhirResponse
 from fhirserver.resources.registry import resource_types
 from fhirserver.search import registry as search_registry
+from fhirserver.search.compartments import compartments
 from fhirserver.search.types import SEARCHABLE_TYPES
 from fhirserver.storage.repository import Repository
 
@@ -70,5 +71,12 @@ def _statement_template() -> dict:
         "software": {"name": "fhirserver", "version": __version__},
         "fhirVersion": FHIR_VERSION,
         "format": FORMATS,
-        "rest": [{"mode": "server", "resource": resources, "interaction": system_codes}],
+        "rest": [
+            {
+                "mode": "server",
+                "resource": resources,
+                "interaction": system_codes,
+                "compartment": [c.url for c in compartments().values()],
+            }
+        ],
     }

@@ -51,6 +51,8 @@ def _build() -> dict[str, Interaction]:
         Interaction("search-type", "type", False, search.handle, advertised=search.IMPLEMENTED),
         Interaction("history-system", "system", False, history.handle),
         Interaction("search-system", "system", False, search.handle),
+        # Compartment search: advertised as CapabilityStatement.rest.compartment.
+        Interaction("search-compartment", "instance", False, search.handle, advertised=False),
         Interaction("capabilities", "system", False, capabilities.handle, advertised=False),
     ]
     return {interaction.code: interaction for interaction in table}

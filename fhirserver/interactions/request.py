@@ -21,6 +21,8 @@ class FhirRequest:
     resource_type: str | None = None
     id: str | None = None
     version_id: str | None = None
+    #: A compartment search ``[resource_type]/[id]/[compartment_search]``: the searched type, or ``*``.
+    compartment_search: str | None = None
     #: Query (and form) parameters in order, repeated names kept.
     params: tuple[tuple[str, str], ...] = ()
     #: The parsed resource of a POST/PUT (a JSON dict), or None.

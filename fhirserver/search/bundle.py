@@ -45,7 +45,7 @@ def run(
         bundle["total"] = (
             total if total is not None else conn.execute(_count_of(query, context)).scalar_one()
         )
-        bundle["link"] = [{"relation": "self", "url": _url(base_url, query.resource_type, params)}]
+        bundle["link"] = [{"relation": "self", "url": _url(base_url, _path(query), params)}]
         return bundle
 
     rows = list(conn.execute(plan.page)) if query.count > 0 else []
@@ -60,8 +60,8 @@ def run(
     if total is not None:
         bundle["total"] = total
     links = [
-        {"relation": "self", "url": _url(base_url, query.resource_type, params)},
-        {"relation": "first", "url": _url(base_url, query.resource_type, _without_cursor(params))},
+        {"relation": "self", "url": _url(base_url, _path(query), params)},
+        {"relation": "first", "url": _url(base_url, _path(query), _without_cursor(params))},
     ]
     if has_previous and rows:
         cursor = planner.encode_cursor(rows[0], plan.sort_columns, backwards=True)
@@ -211,11 +211,15 @@ def _follow(conn: Connection, include: Include, frontier: list[tuple[str, str, i
 
 
 def _paged(base_url: str, query: SearchQuery, params: list[tuple[str, str]], cursor: str) -> str:
-    return _url(base_url, query.resource_type, [*_without_cursor(params), ("_cursor", cursor)])
+    return _url(base_url, _path(query), [*_without_cursor(params), ("_cursor", cursor)])
 
 
 def _without_cursor(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in params if k != "_cursor"]
+
+
+def _path(query: SearchQuery) -> str:
+    return query.resource_type if query.path is None else query.path
 
 
 def _url(base_url: str, resource_type: str, params: list[tuple[str, str]]) -> str:

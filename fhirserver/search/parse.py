@@ -8,11 +8,12 @@ with 400 (``handling=strict``). A malformed value is always a 400.
 
 from __future__ import annotations
 
-from fhirserver.errors import BadRequest
+from fhirserver.errors import BadRequest, NotFound
 from fhirserver.resources.registry import is_resource_type
 from fhirserver.search import escaping, registry
 from fhirserver.search.query import (
     ChainCriterion,
+    CompartmentCriterion,
     Criterion,
     HasCriterion,
     Include,
@@ -150,6 +151,51 @@ def parse_system(params: list[tuple[str, str]], *, strict: bool = False) -> Sear
         elements=template.elements,
         cursor=template.cursor,
         warnings=tuple(warnings),
+    )
+
+
+def parse_compartment(
+    compartment_type: str,
+    compartment_id: str,
+    resource_type: str,
+    params: list[tuple[str, str]],
+    *,
+    strict: bool = False,
+) -> SearchQuery:
+    """``GET [base]/Patient/123/[type|*]?...`` — http://hl7.org/fhir/R4/search.html#compartments
+
+    The search of ``resource_type`` (every member type for ``*``) restricted
+    to the compartment, with membership from the official CompartmentDefinition.
+    """
+    from dataclasses import replace
+
+    from fhirserver.search.compartments import compartment
+
+    definition = compartment(compartment_type)
+    if definition is None:
+        raise NotFound(f"{compartment_type} is not a compartment (see CompartmentDefinition).")
+    path = f"{compartment_type}/{compartment_id}/{resource_type}"
+    if resource_type == "*":
+        types = ",".join(definition.members)
+        query = parse_system([("_type", types), *params], strict=strict)
+        branches = tuple(
+            (t, (_in_compartment(definition, compartment_id, t), *criteria))
+            for t, criteria in query.branches
+            if t
+        )
+        return replace(query, branches=branches or (("", ()),), path=path)
+    if not is_resource_type(resource_type):
+        raise NotFound(f"Resource type `{resource_type}` is not supported by this server.")
+    if definition.parameters(resource_type) is None:
+        raise NotFound(f"{resource_type} is never in a {compartment_type} compartment.")
+    query = parse(resource_type, params, strict=strict)
+    membership = _in_compartment(definition, compartment_id, resource_type)
+    return replace(query, criteria=(membership, *query.criteria), path=path)
+
+
+def _in_compartment(definition, compartment_id: str, resource_type: str) -> CompartmentCriterion:
+    return CompartmentCriterion(
+        definition.code, compartment_id, definition.parameters(resource_type) or ()
     )
 
 

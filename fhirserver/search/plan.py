@@ -34,6 +34,7 @@ from sqlalchemy import (
 from fhirserver.errors import BadRequest
 from fhirserver.search.query import (
     ChainCriterion,
+    CompartmentCriterion,
     Criterion,
     HasCriterion,
     SearchQuery,
@@ -94,6 +95,8 @@ def _condition(
         return _chain_condition(r, resource_type, criterion, context)
     if isinstance(criterion, HasCriterion):
         return _has_condition(r, resource_type, criterion, context)
+    if isinstance(criterion, CompartmentCriterion):
+        return _compartment_condition(r, resource_type, criterion)
     raise TypeError(criterion)
 
 
@@ -155,6 +158,27 @@ def _has_condition(
         table.c.resource_pk.in_(sources),
     )
     return r.c.id.in_(target_ids)
+
+
+def _compartment_condition(
+    r, resource_type: str, criterion: CompartmentCriterion
+) -> ColumnElement[bool]:
+    table = SEARCH_TABLES["reference"].alias()
+    members: list[ColumnElement[bool]] = []
+    if criterion.parameters:
+        members.append(
+            r.c.pk.in_(
+                select(table.c.resource_pk).where(
+                    table.c.resource_type == resource_type,
+                    table.c.param.in_([p.code for p in criterion.parameters]),
+                    table.c.target_type == criterion.compartment_type,
+                    table.c.target_id == criterion.compartment_id,
+                )
+            )
+        )
+    if resource_type == criterion.compartment_type:
+        members.append(r.c.id == criterion.compartment_id)
+    return or_(*members) if members else false()
 
 
 # -- sorting and paging ----------------------------------------------------------

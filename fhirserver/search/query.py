@@ -3,7 +3,8 @@
 http://hl7.org/fhir/R4/search.html. A criterion is one of
 - :class:`ValueCriterion` — ``param[:modifier]=v1,v2`` (values OR-ed);
 - :class:`ChainCriterion` — ``param[:Type].inner...`` (http://hl7.org/fhir/R4/search.html#chaining);
-- :class:`HasCriterion` — ``_has:Type:param:inner...`` (reverse chaining, #has).
+- :class:`HasCriterion` — ``_has:Type:param:inner...`` (reverse chaining, #has);
+- :class:`CompartmentCriterion` — ``[base]/Patient/123/[type]`` (compartment search, #compartments).
 Criteria of one query are AND-ed (a repeated parameter is a further criterion).
 """
 
@@ -40,7 +41,17 @@ class HasCriterion:
     inner: Criterion
 
 
-Criterion = ValueCriterion | ChainCriterion | HasCriterion
+@dataclass(frozen=True)
+class CompartmentCriterion:
+    """In the compartment of ``compartment_type/compartment_id`` (http://hl7.org/fhir/R4/search.html#compartments):
+    any of ``parameters`` refers to it, or the resource is that focal resource itself."""
+
+    compartment_type: str
+    compartment_id: str
+    parameters: tuple[SearchParameter, ...]
+
+
+Criterion = ValueCriterion | ChainCriterion | HasCriterion | CompartmentCriterion
 
 
 @dataclass(frozen=True)
@@ -77,3 +88,6 @@ class SearchQuery:
     cursor: str | None = None
     #: Parameters that were ignored, with why (reported as an OperationOutcome entry).
     warnings: tuple[str, ...] = field(default=())
+    #: The path the Bundle's links repeat, when it is not the searched type
+    #: (a compartment search: ``Patient/123/Observation``).
+    path: str | None = None

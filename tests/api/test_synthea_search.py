@@ -40,6 +40,11 @@ def test_synthea_patients_load_and_answer_searches_like_the_data(client):
         o["id"] for o in mine
     )
 
+    # The compartment search finds the same Observations (Synthea's performers are never patients).
+    assert sorted(_all_ids(client, f"Patient/{patient['id']}/Observation?_count=50")) == sorted(
+        o["id"] for o in mine
+    )
+
     # patient + code: the most common clinical query.
     code = Counter(c["code"] for o in mine for c in o["code"]["coding"]).most_common(1)[0][0]
     expected = sorted(o["id"] for o in mine if any(c["code"] == code for c in o["code"]["coding"]))
