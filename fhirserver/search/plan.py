@@ -228,24 +228,31 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
     )
 
     page = inner.subquery("page")
+    # Ties of the sort keys are broken by id (then by the internal key, which is
+    # unique also across the types of a system search); without _sort, the
+    # order is the internal key alone (insertion order).
     columns = [page.c[f"s{i}"] for i in range(len(query.sort))]
+    descending = [key.descending for key in query.sort]
+    sort_columns = tuple(f"s{i}" for i in range(len(query.sort)))
+    if query.sort:
+        columns.append(page.c.id)
+        descending.append(False)
+        sort_columns += ("id",)
     stmt = select(page)
     backwards = False
     if query.cursor:
-        backwards, values = decode_cursor(query.cursor, len(query.sort))
+        backwards, values = decode_cursor(query.cursor, len(sort_columns))
         keyset = _before_cursor if backwards else _after_cursor
-        stmt = stmt.where(keyset(columns, page.c.pk, query.sort, values))
+        stmt = stmt.where(keyset(columns, page.c.pk, descending, values))
     order: list[Any] = []
-    for column, key in zip(columns, query.sort, strict=True):
+    for column, is_descending in zip(columns, descending, strict=True):
         # NULLs (resources without the value) sort last in either direction.
-        ascending = not key.descending
         if backwards:
-            order += [column.is_(None).desc(), column.desc() if ascending else column.asc()]
+            order += [column.is_(None).desc(), column.asc() if is_descending else column.desc()]
         else:
-            order += [column.is_(None), column.asc() if ascending else column.desc()]
+            order += [column.is_(None), column.desc() if is_descending else column.asc()]
     order.append(page.c.pk.desc() if backwards else page.c.pk.asc())
     stmt = stmt.order_by(*order).limit(limit)
-    sort_columns = tuple(f"s{i}" for i in range(len(query.sort)))
     return Plan(
         page=stmt,
         count=count,
@@ -256,33 +263,37 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
 
 
 def _after_cursor(
-    columns, pk_column, keys: tuple[SortKey, ...], cursor: list[Any]
+    columns, pk_column, descending: list[bool], cursor: list[Any]
 ) -> ColumnElement[bool]:
     """Rows strictly after the cursor in (NULLS LAST sort keys..., pk) order."""
     *values, last_pk = cursor
     condition: ColumnElement[bool] = pk_column > last_pk
-    for column, key, value in reversed(list(zip(columns, keys, values, strict=True))):
+    for column, is_descending, value in reversed(
+        list(zip(columns, descending, values, strict=True))
+    ):
         if value is None:
             # After a NULL only more NULLs (tie on this key) can follow.
             condition = and_(column.is_(None), condition)
         else:
-            beyond = column < value if key.descending else column > value
+            beyond = column < value if is_descending else column > value
             condition = or_(beyond, column.is_(None), and_(column == value, condition))
     return condition
 
 
 def _before_cursor(
-    columns, pk_column, keys: tuple[SortKey, ...], cursor: list[Any]
+    columns, pk_column, descending: list[bool], cursor: list[Any]
 ) -> ColumnElement[bool]:
     """Rows strictly before the cursor in (NULLS LAST sort keys..., pk) order."""
     *values, first_pk = cursor
     condition: ColumnElement[bool] = pk_column < first_pk
-    for column, key, value in reversed(list(zip(columns, keys, values, strict=True))):
+    for column, is_descending, value in reversed(
+        list(zip(columns, descending, values, strict=True))
+    ):
         if value is None:
             # Every non-NULL value comes before a NULL.
             condition = or_(column.is_not(None), and_(column.is_(None), condition))
         else:
-            ahead = column > value if key.descending else column < value
+            ahead = column > value if is_descending else column < value
             condition = or_(and_(column.is_not(None), ahead), and_(column == value, condition))
     return condition
 
@@ -297,7 +308,7 @@ def encode_cursor(row: Any, sort_columns: tuple[str, ...], *, backwards: bool = 
     return f"{_BACKWARD if backwards else _FORWARD}{encoded}"
 
 
-def decode_cursor(text: str, sort_keys: int) -> tuple[bool, list[Any]]:
+def decode_cursor(text: str, key_count: int) -> tuple[bool, list[Any]]:
     """(backwards, key values) of a cursor made by :func:`encode_cursor`."""
     direction, text = text[:1], text[1:]
     try:
@@ -310,7 +321,7 @@ def decode_cursor(text: str, sort_keys: int) -> tuple[bool, list[Any]]:
         ) from None
     if (
         not isinstance(values, list)
-        or len(values) != sort_keys + 1
+        or len(values) != key_count + 1
         or not isinstance(values[-1], int)
     ):
         raise BadRequest(

@@ -426,3 +426,18 @@ def test_text_and_content_full_text_search(client, people):
     assert ids(search(client, "Condition?_content=tension")) == ["headache"]
     assert client.get(f"{BASE}/Condition?_content=%20%2C").status_code == 400
     assert client.get(f"{BASE}/Condition?_sort=_text").status_code == 400
+
+
+def test_sort_ties_are_broken_by_id_also_across_pages(client):
+    # Created in an order that differs from the id order.
+    for id, gender in [("c", "male"), ("a", "male"), ("z", "female"), ("b", "male")]:
+        put(client, {"resourceType": "Patient", "id": id, "gender": gender})
+    assert ids(search(client, "Patient?_sort=gender")) == ["z", "a", "b", "c"]
+    assert ids(search(client, "Patient?_sort=-gender")) == ["a", "b", "c", "z"]
+    seen, url = [], "Patient?_sort=-gender&_count=1"
+    while url:
+        bundle = search(client, url)
+        seen += ids(bundle)
+        url = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
+        url = url.split("/fhir/", 1)[1] if url else None
+    assert seen == ["a", "b", "c", "z"]
