@@ -82,6 +82,13 @@ def parse(
                 elements = tuple(e.strip() for e in value.split(",") if e.strip())
             elif name == "_cursor":
                 cursor = value
+            elif name == "_contained" and value != "false":
+                # Contained resources are not indexed on their own: say so rather
+                # than answer as if they had been searched.
+                message = f"Parameter `_contained={value}` was ignored: contained resources are not searched."
+                if strict:
+                    raise BadRequest(message.replace("was ignored", "is not supported"))
+                warnings.append(message)
             continue
         if name.startswith("_include:") or name.startswith("_revinclude:"):
             includes.append(_include(name, value))

@@ -441,3 +441,14 @@ def test_sort_ties_are_broken_by_id_also_across_pages(client):
         url = next((x["url"] for x in bundle["link"] if x["relation"] == "next"), None)
         url = url.split("/fhir/", 1)[1] if url else None
     assert seen == ["a", "b", "c", "z"]
+
+
+def test_contained_search_is_reported_as_not_supported(client, people):
+    lenient = search(client, "Patient?_contained=true")
+    outcome = [e for e in lenient["entry"] if e["search"]["mode"] == "outcome"]
+    assert "_contained=true" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+    strict = client.get(f"{BASE}/Patient?_contained=both", headers={"Prefer": "handling=strict"})
+    assert strict.status_code == 400
+    # The default (false) is what the server does anyway.
+    plain = search(client, "Patient?_contained=false")
+    assert all(e["search"]["mode"] == "match" for e in plain["entry"])
