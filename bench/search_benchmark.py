@@ -110,7 +110,7 @@ def explain(database: Database, query: str, base_url: str) -> str:
     params = [tuple(p.split("=", 1)) for p in query_string.split("&")]
     parsed = parse(resource_type, params)
     context = SearchContext(base_url=base_url, dialect="postgresql")
-    statement = planner.build(parsed, context, limit=parsed.count + 1).page
+    statement = planner.build(parsed, context, limit=parsed.count + 1).pages[0]
     compiled = statement.compile(
         dialect=database.engine.dialect, compile_kwargs={"render_postcompile": True}
     )

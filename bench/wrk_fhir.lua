@@ -1,4 +1,4 @@
--- wrk script used by bench/rest_benchmark.py (one script, three modes).
+-- wrk script used by bench/rest_benchmark.py and bench/search_scale_benchmark.py (one script, four modes).
 --
 --   wrk -t T -c C -d D --timeout 10s -s bench/wrk_fhir.lua http://127.0.0.1:PORT/fhir \
 --       -- MODE DATA_FILE MAX_REQUESTS_PER_THREAD SEED THREADS
@@ -6,6 +6,9 @@
 -- MODE read    DATA_FILE holds one Patient id a line; GET [base]/Patient/<random id>.
 -- MODE create  DATA_FILE holds one Patient JSON a line (no id); POST [base]/Patient,
 --              cycling through the bodies.
+-- MODE get     DATA_FILE holds one path a line, relative to the base (e.g.
+--              Observation?patient=...); GET a random one, expecting 200
+--              (bench/search_scale_benchmark.py).
 -- MODE update  DATA_FILE holds "id<TAB>json" lines, the json carrying @@ID@@ and @@N@@
 --              placeholders; PUT [base]/Patient/<id> with the id and a fresh counter
 --              (so every PUT really changes the resource). Thread k of T takes the ids
@@ -71,6 +74,12 @@ function init(args)
       for i, id in ipairs(data) do
          requests_list[i] = wrk.format("GET", base .. "/Patient/" .. id, headers)
       end
+   elseif mode == "get" then
+      expected = 200
+      local headers = { ["Accept"] = "application/fhir+json" }
+      for i, path in ipairs(data) do
+         requests_list[i] = wrk.format("GET", base .. "/" .. path, headers)
+      end
    elseif mode == "create" then
       expected = 201
       local headers = {
@@ -111,7 +120,7 @@ end
 local counter = 0
 
 function request()
-   if mode == "read" then
+   if mode == "read" or mode == "get" then
       return requests_list[math.random(n)]
    elseif mode == "create" then
       pos = pos % n + 1

@@ -48,7 +48,11 @@ def run(
         bundle["link"] = [{"relation": "self", "url": _url(base_url, _path(query), params)}]
         return bundle
 
-    rows = list(conn.execute(plan.page)) if query.count > 0 else []
+    rows: list = []
+    for statement in plan.pages if query.count > 0 else ():
+        rows += conn.execute(statement).all()
+        if len(rows) > query.count:
+            break
     more = len(rows) > query.count
     rows = rows[: query.count]
     if plan.backwards:

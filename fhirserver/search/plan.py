@@ -25,7 +25,9 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    literal_column,
     not_,
+    null,
     or_,
     select,
     true,
@@ -50,9 +52,11 @@ NEGATED = {"not": None, "not-in": "in"}
 
 @dataclass(frozen=True)
 class Plan:
-    """The page query and, when asked for, the count query."""
+    """The page statement(s) and, when asked for, the count query."""
 
-    page: Select
+    #: Run in order until a page is full (a sorted search reads the resources
+    #: without a sort value in a second statement, see _index_ordered_pages).
+    pages: tuple[Select, ...]
     count: Select | None
     sort_columns: tuple[str, ...]
     #: SELECT pk of every match (what ``_total=estimate`` asks the planner about).
@@ -184,23 +188,29 @@ def _compartment_condition(
 # -- sorting and paging ----------------------------------------------------------
 
 
+def _sort_values(table, key: SortKey):
+    """(expression, aggregate) of a sort key over an alias of its index table."""
+    value = module_for(key.parameter.type).sort_value(table, key.descending)
+    return value, (func.max(value) if key.descending else func.min(value))
+
+
 def _sort_expression(r, key: SortKey):
-    parameter = key.parameter
-    table = SEARCH_TABLES[parameter.type].alias()
-    aggregate = module_for(parameter.type).sort_key(table, key.descending)
+    """The resource's sort value: a scalar subquery over its index rows (NULL without one)."""
+    table = SEARCH_TABLES[key.parameter.type].alias()
+    _, aggregate = _sort_values(table, key)
     return (
         select(aggregate)
         .where(
             table.c.resource_pk == r.c.pk,
             table.c.resource_type == r.c.resource_type,
-            table.c.param == parameter.code,
+            table.c.param == key.parameter.code,
         )
         .scalar_subquery()
     )
 
 
 def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
-    """The page statement: (pk, id, body, version_id, last_updated, sort values...) in order."""
+    """The page statement(s): (pk, id, body, version_id, last_updated, sort values...) in order."""
     r = resource.alias("r")
     where: list[ColumnElement[bool]] = [r.c.deleted == false()]
     if query.branches:
@@ -216,50 +226,138 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
     else:
         where.append(r.c.resource_type == query.resource_type)
         where += [_condition(r, query.resource_type, c, context) for c in query.criteria]
-
-    sort_values = [_sort_expression(r, key).label(f"s{i}") for i, key in enumerate(query.sort)]
-    inner = select(
-        r.c.pk, r.c.resource_type, r.c.id, r.c.body, r.c.version_id, r.c.last_updated, *sort_values
-    ).where(*where)
     count = (
         select(func.count()).select_from(select(r.c.pk).where(*where).subquery())
         if query.total == "accurate"
         else None
     )
-
-    page = inner.subquery("page")
+    matches = select(r.c.pk).where(*where)
+    columns = (r.c.pk, r.c.resource_type, r.c.id, r.c.body, r.c.version_id, r.c.last_updated)
     # Ties of the sort keys are broken by id (then by the internal key, which is
     # unique also across the types of a system search); without _sort, the
     # order is the internal key alone (insertion order).
-    columns = [page.c[f"s{i}"] for i in range(len(query.sort))]
-    descending = [key.descending for key in query.sort]
-    sort_columns = tuple(f"s{i}" for i in range(len(query.sort)))
-    if query.sort:
-        columns.append(page.c.id)
-        descending.append(False)
-        sort_columns += ("id",)
-    stmt = select(page)
-    backwards = False
+    sort_columns = tuple(f"s{i}" for i in range(len(query.sort))) + (("id",) if query.sort else ())
+    backwards, cursor = False, None
     if query.cursor:
-        backwards, values = decode_cursor(query.cursor, len(sort_columns))
-        keyset = _before_cursor if backwards else _after_cursor
-        stmt = stmt.where(keyset(columns, page.c.pk, descending, values))
-    order: list[Any] = []
-    for column, is_descending in zip(columns, descending, strict=True):
-        # NULLs (resources without the value) sort last in either direction.
-        if backwards:
-            order += [column.is_(None).desc(), column.asc() if is_descending else column.desc()]
-        else:
-            order += [column.is_(None), column.desc() if is_descending else column.asc()]
-    order.append(page.c.pk.desc() if backwards else page.c.pk.asc())
-    stmt = stmt.order_by(*order).limit(limit)
+        backwards, cursor = decode_cursor(query.cursor, len(sort_columns))
+
+    if not query.sort or query.branches:
+        values = [_sort_expression(r, key).label(f"s{i}") for i, key in enumerate(query.sort)]
+        inner = select(*columns, *values).where(*where)
+        page = _keyset_page(inner, query.sort, cursor, backwards, limit, nullable_first=True)
+        pages: tuple[Select, ...] = (page,)
+    else:
+        pages = _index_ordered_pages(
+            r, columns, where, query, cursor, backwards, limit, context.dialect
+        )
     return Plan(
-        page=stmt,
+        pages=pages,
         count=count,
         sort_columns=sort_columns,
         backwards=backwards,
-        matches=select(r.c.pk).where(*where),
+        matches=matches,
     )
+
+
+def _index_ordered_pages(
+    r, columns, where, query: SearchQuery, cursor, backwards, limit, dialect: str
+):
+    """A sorted search read in the order of the first sort key's index.
+
+    The resources that have a value come from a join with the first key's
+    index rows, one row per resource: the row holding its smallest
+    (ascending) or largest (descending) value, so the database can walk the
+    index in order and stop after a page instead of sorting every match. The
+    resources without a value (NULLs sort last in either direction) are a
+    second statement, run only when a page reaches past the last value.
+    """
+    first, rest = query.sort[0], query.sort[1:]
+    parameter = first.parameter
+    table = SEARCH_TABLES[parameter.type]
+    x, other = table.alias("sort_x"), table.alias("sort_other")
+    value, _ = _sort_values(x, first)
+    other_value, _ = _sort_values(other, first)
+    beyond = other_value > value if first.descending else other_value < value
+    # A second row with the same extreme value: the first one (by physical row) stands for it.
+    row_of, other_row = _row_locator(x, dialect), _row_locator(other, dialect)
+    representative = ~exists().where(
+        other.c.resource_pk == x.c.resource_pk,
+        other.c.resource_type == x.c.resource_type,
+        other.c.param == x.c.param,
+        or_(beyond, and_(other_value == value, other_row < row_of)),
+    )
+    more = [_sort_expression(r, key).label(f"s{i + 1}") for i, key in enumerate(rest)]
+    valued = (
+        select(*columns, value.label("s0"), *more)
+        .select_from(x.join(r, r.c.pk == x.c.resource_pk))
+        .where(
+            x.c.resource_type == r.c.resource_type,
+            x.c.param == parameter.code,
+            representative,
+            *where,
+        )
+    )
+    has_value = exists().where(
+        other.c.resource_pk == r.c.pk,
+        other.c.resource_type == r.c.resource_type,
+        other.c.param == parameter.code,
+    )
+    valueless = select(*columns, null().label("s0"), *more).where(*where, ~has_value)
+
+    def page(inner, at):
+        return _keyset_page(inner, query.sort, at, backwards, limit, nullable_first=False)
+
+    in_valueless = cursor is not None and cursor[0] is None
+    if not backwards:
+        if in_valueless:
+            return (page(valueless, cursor),)
+        return (page(valued, cursor), page(valueless, None))
+    if in_valueless:
+        return (page(valueless, cursor), page(valued, None))
+    return (page(valued, cursor),)
+
+
+def _row_locator(table, dialect: str):
+    """A column that tells two rows of an index table apart: PostgreSQL's ctid, SQLite's rowid."""
+    return literal_column(f"{table.name}.{'ctid' if dialect == 'postgresql' else 'rowid'}")
+
+
+def _keyset_page(
+    inner: Select,
+    sort: tuple[SortKey, ...],
+    cursor: list[Any] | None,
+    backwards: bool,
+    limit: int,
+    *,
+    nullable_first: bool,
+) -> Select:
+    """``inner`` in (sort keys..., id, pk) order from the cursor on, ``limit`` rows."""
+    page = inner.subquery("page")
+    columns = [page.c[f"s{i}"] for i in range(len(sort))]
+    descending = [key.descending for key in sort]
+    if sort:
+        columns.append(page.c.id)
+        descending.append(False)
+    stmt = select(page)
+    if cursor is not None:
+        keyset = _before_cursor if backwards else _after_cursor
+        stmt = stmt.where(keyset(columns, page.c.pk, descending, cursor))
+    order: list[Any] = []
+    for i, (column, is_descending) in enumerate(zip(columns, descending, strict=True)):
+        # NULLs (resources without the value) sort last in either direction;
+        # the first key of an index-ordered page has no NULLs (and ordering by
+        # ``IS NULL`` first would keep the database from reading the index in order).
+        nullable = i < len(sort) and (i > 0 or nullable_first)
+        if backwards:
+            if nullable:
+                order.append(column.is_(None).desc())
+            order.append(column.asc() if is_descending else column.desc())
+        else:
+            if nullable:
+                order.append(column.is_(None))
+            order.append(column.desc() if is_descending else column.asc())
+    order.append(page.c.pk.desc() if backwards else page.c.pk.asc())
+    return stmt.order_by(*order).limit(limit)
 
 
 def _after_cursor(

@@ -260,6 +260,8 @@ Index(
     search_date.c.low,
     search_date.c.high,
 )
+# Descending date sorts walk the latest ends in order (migration 0005).
+Index("ix_search_date_high", search_date.c.resource_type, search_date.c.param, search_date.c.high)
 Index("ix_search_date_pk", search_date.c.resource_pk)
 Index(
     "ix_search_number", search_number.c.resource_type, search_number.c.param, search_number.c.value

@@ -59,6 +59,13 @@ def next_url(bundle: dict) -> str | None:
     return url.replace("http://localhost", "") if url else None
 
 
+def previous_url(bundle: dict) -> str | None:
+    url = next(
+        (link["url"] for link in bundle.get("link", []) if link["relation"] == "previous"), None
+    )
+    return url.replace("http://localhost", "") if url else None
+
+
 def page(client, url: str) -> dict:
     response = client.get(url)
     assert response.status_code == 200, (url, response.get_data(as_text=True))
@@ -613,12 +620,16 @@ def test_paging_visits_every_match_once(app, client, patients, count, sort, inse
     query = f"Patient?_count={count}" + (f"&_sort={sort}" if sort else "")
     url: str | None = f"{BASE}/{query}"
     seen: list[str] = []
+    forward_pages: list[list[str]] = []
     pages = 0
+    last_bundle: dict = {}
     while url:
         bundle = page(client, url)
+        last_bundle = bundle
         entries = match_ids(bundle)
         assert len(entries) <= count
         seen.extend(entries)
+        forward_pages.append(entries)
         if insert_after is not None and pages == insert_after:
             put(client, patient("new", *inserted))
         url = next_url(bundle)
@@ -630,7 +641,8 @@ def test_paging_visits_every_match_once(app, client, patients, count, sort, inse
     assert set(seen) - originals <= {"new"}
     if sort and insert_after is None:
         # The order follows the sort keys (ascending: the least value, descending:
-        # the greatest; ties in any order; resources missing a key are not checked).
+        # the greatest); a resource missing a key sorts after those that have it,
+        # in either direction; ties are broken by id.
         def keys(pid):
             family, birth = patients[int(pid[1:])]
             out = []
@@ -638,17 +650,28 @@ def test_paging_visits_every_match_once(app, client, patients, count, sort, inse
                 descending = part.startswith("-")
                 if part.endswith("family"):
                     out.append((fold(family), descending))
-                elif birth is None:
-                    return None
                 else:
-                    out.append((as_range(birth)[1 if descending else 0], descending))
+                    value = None if birth is None else as_range(birth)[1 if descending else 0]
+                    out.append((value, descending))
             return out
 
         def compare(a, b):
-            for (x, descending), (y, _) in zip(a, b, strict=True):
-                if x != y:
-                    return (-1 if x < y else 1) * (-1 if descending else 1)
-            return 0
+            for (x, descending), (y, _) in zip(keys(a), keys(b), strict=True):
+                if x == y:
+                    continue
+                if x is None or y is None:
+                    return 1 if x is None else -1
+                return (-1 if x < y else 1) * (-1 if descending else 1)
+            return (a > b) - (a < b)
 
-        ordered = [k for k in map(keys, seen) if k is not None]
-        assert ordered == sorted(ordered, key=functools.cmp_to_key(compare)), seen
+        assert seen == sorted(seen, key=functools.cmp_to_key(compare)), seen
+
+    if insert_after is None and forward_pages:
+        # Following `previous` from the last page gives the same pages backwards.
+        url, backward_pages = previous_url(last_bundle), []
+        while url:
+            bundle = page(client, url)
+            backward_pages.append(match_ids(bundle))
+            url = previous_url(bundle)
+            assert len(backward_pages) <= len(forward_pages)
+        assert backward_pages == forward_pages[-2::-1], (forward_pages, backward_pages)

@@ -19,6 +19,7 @@ def test_wheel_contains_conformance_mappings_and_migrations(tmp_path):
     (wheel,) = tmp_path.glob("fhirserver-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "fhirserver/conformance/r4-resource-types.json" in names
+    assert "fhirserver/conformance/compartments/CompartmentDefinition-patient.json" in names
     assert "fhirserver/mappings/__init__.py" in names
     assert "fhirserver/storage/migrations/env.py" in names
     assert "fhirserver/storage/migrations/script.py.mako" in names

@@ -18,9 +18,9 @@ elsewhere branches on a parameter's type or name:
     the SQL condition, over an alias of ``TABLE``, for ONE search value (a
     comma-separated list is OR-ed by the planner); a malformed value raises
     fhirserver.errors.BadRequest naming the parameter and the value.
-``sort_key(table, descending) -> ColumnElement``
-    the aggregate expression a row set of one resource sorts by (e.g.
-    ``min(normalized)`` ascending, ``max(...)`` descending).
+``sort_value(table, descending) -> ColumnElement``
+    the value of one index row a sort compares; a resource sorts by the
+    smallest of its rows' values ascending and the largest descending.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, func, not_, or_
+from sqlalchemy import ColumnElement, and_, not_, or_
 
 from fhirserver.errors import BadRequest
 from fhirserver.resources.datetimes import parse_range
@@ -179,5 +179,6 @@ def _shift(moment: datetime, delta: timedelta) -> datetime:
         return FAR_PAST if delta < timedelta(0) else FAR_FUTURE
 
 
-def sort_key(table, descending: bool) -> ColumnElement:
-    return func.max(table.c.high) if descending else func.min(table.c.low)
+def sort_value(table, descending: bool) -> ColumnElement:
+    """The column a sort compares: the latest end descending, the earliest start ascending."""
+    return table.c.high if descending else table.c.low

@@ -105,5 +105,5 @@ def condition(
     return table.c.resource_pk.in_(matching)
 
 
-def sort_key(table, descending: bool) -> ColumnElement:
+def sort_value(table, descending: bool) -> ColumnElement:
     raise BadRequest("Search results cannot be sorted by _text or _content.")

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, func, not_
+from sqlalchemy import ColumnElement, and_, not_
 
 from fhirserver.errors import BadRequest
 from fhirserver.search.escaping import unescape
@@ -155,5 +155,5 @@ def condition(
     return compare(table.c.value, prefix, parse_number(rest, parameter, value))
 
 
-def sort_key(table, descending: bool) -> ColumnElement:
-    return func.max(table.c.value) if descending else func.min(table.c.value)
+def sort_value(table, descending: bool) -> ColumnElement:
+    return table.c.value

@@ -153,6 +153,5 @@ def condition(
     )
 
 
-def sort_key(table, descending: bool) -> ColumnElement:
-    value = func.coalesce(table.c.canonical_value, table.c.value)
-    return func.max(value) if descending else func.min(value)
+def sort_value(table, descending: bool) -> ColumnElement:
+    return func.coalesce(table.c.canonical_value, table.c.value)

@@ -240,6 +240,5 @@ def target_condition(table, target_type: str, target_ids: Select) -> ColumnEleme
     return and_(table.c.target_type == target_type, table.c.target_id.in_(target_ids))
 
 
-def sort_key(table, descending: bool) -> ColumnElement:
-    key = func.coalesce(table.c.target_id, table.c.url, table.c.identifier_value)
-    return func.max(key) if descending else func.min(key)
+def sort_value(table, descending: bool) -> ColumnElement:
+    return func.coalesce(table.c.target_id, table.c.url, table.c.identifier_value)

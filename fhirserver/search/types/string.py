@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, func
+from sqlalchemy import ColumnElement, and_
 
 from fhirserver.errors import BadRequest
 from fhirserver.search.escaping import unescape
@@ -109,5 +109,5 @@ def condition(
     )
 
 
-def sort_key(table, descending: bool) -> ColumnElement:
-    return func.max(table.c.normalized) if descending else func.min(table.c.normalized)
+def sort_value(table, descending: bool) -> ColumnElement:
+    return table.c.normalized

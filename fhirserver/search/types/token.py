@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, false, func, or_
+from sqlalchemy import ColumnElement, and_, false, or_
 
 from fhirserver.errors import BadRequest
 from fhirserver.search.escaping import split, unescape
@@ -217,5 +217,5 @@ def _in(table, url: str, parameter: SearchParameter, context: SearchContext) -> 
     return or_(*branches)
 
 
-def sort_key(table, descending: bool) -> ColumnElement:
-    return func.max(table.c.code) if descending else func.min(table.c.code)
+def sort_value(table, descending: bool) -> ColumnElement:
+    return table.c.code

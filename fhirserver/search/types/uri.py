@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, func, or_
+from sqlalchemy import ColumnElement, or_
 
 from fhirserver.errors import BadRequest
 from fhirserver.search.escaping import unescape
@@ -86,5 +86,5 @@ def parents(uri: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def sort_key(table, descending: bool) -> ColumnElement:
-    return func.max(table.c.value) if descending else func.min(table.c.value)
+def sort_value(table, descending: bool) -> ColumnElement:
+    return table.c.value
