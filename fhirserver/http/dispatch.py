@@ -4,6 +4,7 @@
     -> FhirRequest (body parsed, headers read)
     -> repository for this request, inside one database transaction
     -> interactions/<kind>.handle(request, repository)      (HTTP-free)
+       or operations/<name>.handle(request, repository)     ($operations, same path)
     -> audit.record(...)  on success, denial and failure alike
     -> http/response.render: JSON/XML, status, headers
 
@@ -27,6 +28,7 @@ from fhirserver.http.formats import response_format
 from fhirserver.http.response import Shape, parse_shape, render
 from fhirserver.interactions import registry
 from fhirserver.interactions.request import FhirRequest, FhirResponse
+from fhirserver.operations import registry as operations
 from fhirserver.resources.registry import is_resource_type
 from fhirserver.settings import Settings
 from fhirserver.storage.repository import Repository, SqlRepository
@@ -50,8 +52,8 @@ def dispatch(
     id: str | None = None,
     version_id: str | None = None,
     compartment_search: str | None = None,
+    operation: str | None = None,
 ) -> Response:
-    interaction = registry.get(code)
     principal = ADMINISTRATOR
     request: FhirRequest | None = None
     shape = Shape()
@@ -64,15 +66,22 @@ def dispatch(
         principal = _authenticate(http)
         if resource_type is not None and not is_resource_type(resource_type):
             raise NotFound(f"Resource type `{resource_type}` is not supported by this server.")
+        if operation is None:
+            interaction = registry.get(code)
+        else:
+            level = "instance" if id is not None else "type" if resource_type else "system"
+            interaction = operations.resolve(operation, level, resource_type, http.method)
         request = fhir_http_request.build(
             http,
             services.settings,
-            code,
+            interaction.code,
             resource_type=resource_type,
             id=id,
             version_id=version_id,
             compartment_search=compartment_search,
-            with_body=interaction.writes and http.method in ("POST", "PUT"),
+            # Operations take their input in the body (a Parameters resource) even when they only read.
+            with_body=(interaction.writes or operation is not None)
+            and http.method in ("POST", "PUT"),
         )
         request = replace(request, principal=principal)
         with services.database.transaction(write=interaction.writes) as conn:

@@ -17,12 +17,37 @@ def _run(code: str, **path: str) -> Response:
     return dispatch(_services(), request, code, **path)
 
 
+def _operation(operation: str, **path: str) -> Response:
+    return dispatch(_services(), request, "operation", operation=operation, **path)
+
+
 def blueprint(base_path: str) -> Blueprint:
     api = Blueprint("fhir", __name__, url_prefix=base_path.rstrip("/") or None)
 
     api.add_url_rule("/metadata", "capabilities", lambda: _run("capabilities"), methods=["GET"])
     api.add_url_rule(
         "/", "search-system", lambda: _run("search-system"), methods=["GET"], strict_slashes=False
+    )
+    # Extended operations: [base]/$op, [base]/[type]/$op, [base]/[type]/[id]/$op.
+    api.add_url_rule(
+        "/$<operation>",
+        "operation-system",
+        lambda operation: _operation(operation),
+        methods=["GET", "POST"],
+    )
+    api.add_url_rule(
+        "/<resource_type>/$<operation>",
+        "operation-type",
+        lambda resource_type, operation: _operation(operation, resource_type=resource_type),
+        methods=["GET", "POST"],
+    )
+    api.add_url_rule(
+        "/<resource_type>/<id>/$<operation>",
+        "operation-instance",
+        lambda resource_type, id, operation: _operation(
+            operation, resource_type=resource_type, id=id
+        ),
+        methods=["GET", "POST"],
     )
     api.add_url_rule("/_history", "history-system", lambda: _run("history-system"), methods=["GET"])
     api.add_url_rule(

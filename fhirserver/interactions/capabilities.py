@@ -12,6 +12,7 @@ from functools import cache
 from fhirserver import __version__
 from fhirserver.interactions import registry
 from fhirserver.interactions.request import FhirRequest, FhirResponse
+from fhirserver.operations import registry as operation_registry
 from fhirserver.resources.registry import resource_types
 from fhirserver.search import registry as search_registry
 from fhirserver.search.compartments import compartments
@@ -42,6 +43,17 @@ def _search_parameters(resource_type: str) -> list[dict]:
     ]
 
 
+def _operations(resource_type: str) -> list[dict]:
+    """Type- and instance-level operations of the type, from the operation registry."""
+    entries = operation_registry.for_capability_statement("type", resource_type)
+    entries += [
+        e
+        for e in operation_registry.for_capability_statement("instance", resource_type)
+        if e not in entries
+    ]
+    return entries
+
+
 @cache
 def _statement_template() -> dict:
     advertised = [i for i in registry.interactions().values() if i.advertised]
@@ -59,6 +71,7 @@ def _statement_template() -> dict:
             "searchInclude": ["*"],
             "searchRevInclude": ["*"],
             "searchParam": _search_parameters(resource_type),
+            "operation": _operations(resource_type),
         }
         for resource_type in resource_types()
     ]
@@ -76,6 +89,7 @@ def _statement_template() -> dict:
                 "mode": "server",
                 "resource": resources,
                 "interaction": system_codes,
+                "operation": operation_registry.for_capability_statement("system"),
                 "compartment": [c.url for c in compartments().values()],
             }
         ],

@@ -22,7 +22,7 @@ from fhirserver.search import extract, valuesets
 from fhirserver.search.query import SearchQuery
 from fhirserver.search.types import SearchContext
 from fhirserver.storage import index_writer
-from fhirserver.storage.tables import resource, resource_history, utcnow
+from fhirserver.storage.tables import SEARCH_TABLES, resource, resource_history, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,10 @@ class Repository(Protocol):
     ) -> StoredVersion | None: ...
 
     def history(self, query: HistoryQuery) -> list[StoredVersion]: ...
+
+    def replace_meta(self, resource_type: str, id: str, meta: dict) -> StoredVersion | None: ...
+
+    def meta_in_use(self, resource_type: str | None) -> dict: ...
 
     def search(
         self,
@@ -316,6 +320,59 @@ class SqlRepository:
         )
 
     # -- helpers -------------------------------------------------------------
+
+    def replace_meta(self, resource_type: str, id: str, meta: dict) -> StoredVersion | None:
+        """Set the tags, security labels and profiles of the current version in place.
+
+        ``$meta-add`` / ``$meta-delete`` change no content, so they make no new
+        version (http://hl7.org/fhir/R4/resource.html#tag-updates): the current
+        version's stored body (and its history row) gets the new meta, and
+        versionId and lastUpdated stay. None when there is no current version.
+        """
+        current = self._lock_current(resource_type, id)
+        if current is None or current[3]:
+            return None
+        pk, version_id, last_updated, _deleted = current
+        stored = self.conn.execute(select(resource.c.body).where(resource.c.pk == pk)).scalar_one()
+        resource_json = jsonio.loads(stored)
+        kept = {
+            k: v
+            for k, v in (resource_json.get("meta") or {}).items()
+            if k in ("versionId", "lastUpdated")
+        }
+        resource_json["meta"] = {**kept, **{k: v for k, v in meta.items() if v}}
+        body = jsonio.dumps(resource_json)
+        self.conn.execute(update(resource).where(resource.c.pk == pk).values(body=body))
+        h = resource_history.c
+        self.conn.execute(
+            update(resource_history)
+            .where(h.resource_type == resource_type, h.id == id, h.version_id == version_id)
+            .values(body=body)
+        )
+        self._write_index(pk, resource_json, replace=True)
+        return StoredVersion(resource_type, id, version_id, last_updated, False, body)
+
+    def meta_in_use(self, resource_type: str | None) -> dict:
+        """The tags, security labels and profiles current resources carry (of one type, or all)."""
+        tokens, uris = SEARCH_TABLES["token"], SEARCH_TABLES["uri"]
+        meta: dict = {}
+        for key, param in (("tag", "_tag"), ("security", "_security")):
+            stmt = select(tokens.c.system, tokens.c.code).where(tokens.c.param == param).distinct()
+            if resource_type is not None:
+                stmt = stmt.where(tokens.c.resource_type == resource_type)
+            codings = [
+                {k: v for k, v in (("system", row.system), ("code", row.code)) if v}
+                for row in self.conn.execute(stmt.order_by(tokens.c.system, tokens.c.code))
+            ]
+            if codings:
+                meta[key] = codings
+        stmt = select(uris.c.value).where(uris.c.param == "_profile").distinct()
+        if resource_type is not None:
+            stmt = stmt.where(uris.c.resource_type == resource_type)
+        profiles = list(self.conn.scalars(stmt.order_by(uris.c.value)))
+        if profiles:
+            meta["profile"] = profiles
+        return meta
 
     def _lock_current(self, resource_type: str, id: str) -> tuple[int, int, datetime, bool] | None:
         stmt = select(
