@@ -1,4 +1,5 @@
-"""The table of extended operations the server implements.
+"""The table of extended operations the server implements (one module each:
+``operations/<resource>_<code>.py``).
 
 Each entry names its OperationDefinition (``conformance/operations/``), which
 says at which levels and for which resource types it runs; the routes, the
@@ -63,13 +64,19 @@ def for_capability_statement(level: str, resource_type: str | None = None) -> li
 
 
 def _build() -> dict[str, Operation]:
-    from fhirserver.operations import meta, validate
+    from fhirserver.operations import resource_meta, resource_validate
 
     table = [
-        Operation("OperationDefinition-Resource-validate.json", validate.handle),
-        Operation("OperationDefinition-Resource-meta.json", meta.handle_meta),
-        Operation("OperationDefinition-Resource-meta-add.json", meta.handle_add, writes=True),
-        Operation("OperationDefinition-Resource-meta-delete.json", meta.handle_delete, writes=True),
+        Operation("OperationDefinition-Resource-validate.json", resource_validate.handle),
+        Operation("OperationDefinition-Resource-meta.json", resource_meta.handle_meta),
+        Operation(
+            "OperationDefinition-Resource-meta-add.json", resource_meta.handle_add, writes=True
+        ),
+        Operation(
+            "OperationDefinition-Resource-meta-delete.json",
+            resource_meta.handle_delete,
+            writes=True,
+        ),
     ]
     return {operation.name: operation for operation in table}
 
