@@ -338,22 +338,22 @@ def _keyset_page(
     if sort:
         columns.append(page.c.id)
         descending.append(False)
+    # NULLs (resources without the value) sort last in either direction; the
+    # first key of an index-ordered page has no NULLs (and ordering by ``IS
+    # NULL`` first would keep the database from reading the index in order).
+    nullable = [i < len(sort) and (i > 0 or nullable_first) for i in range(len(columns))]
     stmt = select(page)
     if cursor is not None:
         keyset = _before_cursor if backwards else _after_cursor
-        stmt = stmt.where(keyset(columns, page.c.pk, descending, cursor))
+        stmt = stmt.where(keyset(columns, page.c.pk, descending, nullable, cursor))
     order: list[Any] = []
     for i, (column, is_descending) in enumerate(zip(columns, descending, strict=True)):
-        # NULLs (resources without the value) sort last in either direction;
-        # the first key of an index-ordered page has no NULLs (and ordering by
-        # ``IS NULL`` first would keep the database from reading the index in order).
-        nullable = i < len(sort) and (i > 0 or nullable_first)
         if backwards:
-            if nullable:
+            if nullable[i]:
                 order.append(column.is_(None).desc())
             order.append(column.asc() if is_descending else column.desc())
         else:
-            if nullable:
+            if nullable[i]:
                 order.append(column.is_(None))
             order.append(column.desc() if is_descending else column.asc())
     order.append(page.c.pk.desc() if backwards else page.c.pk.asc())
@@ -361,38 +361,48 @@ def _keyset_page(
 
 
 def _after_cursor(
-    columns, pk_column, descending: list[bool], cursor: list[Any]
+    columns, pk_column, descending: list[bool], nullable: list[bool], cursor: list[Any]
 ) -> ColumnElement[bool]:
-    """Rows strictly after the cursor in (NULLS LAST sort keys..., pk) order."""
+    """Rows strictly after the cursor in (NULLS LAST sort keys..., pk) order.
+
+    Each key's condition leads with a plain bound (``value <= v`` descending,
+    ``>= v`` ascending) so that the database can start its index scan at the
+    cursor instead of filtering every row before it.
+    """
     *values, last_pk = cursor
     condition: ColumnElement[bool] = pk_column > last_pk
-    for column, is_descending, value in reversed(
-        list(zip(columns, descending, values, strict=True))
+    for column, is_descending, may_be_null, value in reversed(
+        list(zip(columns, descending, nullable, values, strict=True))
     ):
         if value is None:
             # After a NULL only more NULLs (tie on this key) can follow.
             condition = and_(column.is_(None), condition)
-        else:
-            beyond = column < value if is_descending else column > value
-            condition = or_(beyond, column.is_(None), and_(column == value, condition))
+            continue
+        bound = column <= value if is_descending else column >= value
+        beyond = column < value if is_descending else column > value
+        condition = and_(bound, or_(beyond, and_(column == value, condition)))
+        if may_be_null:
+            condition = or_(condition, column.is_(None))
     return condition
 
 
 def _before_cursor(
-    columns, pk_column, descending: list[bool], cursor: list[Any]
+    columns, pk_column, descending: list[bool], nullable: list[bool], cursor: list[Any]
 ) -> ColumnElement[bool]:
     """Rows strictly before the cursor in (NULLS LAST sort keys..., pk) order."""
     *values, first_pk = cursor
     condition: ColumnElement[bool] = pk_column < first_pk
-    for column, is_descending, value in reversed(
-        list(zip(columns, descending, values, strict=True))
+    for column, is_descending, _may_be_null, value in reversed(
+        list(zip(columns, descending, nullable, values, strict=True))
     ):
         if value is None:
             # Every non-NULL value comes before a NULL.
             condition = or_(column.is_not(None), and_(column.is_(None), condition))
-        else:
-            ahead = column > value if is_descending else column < value
-            condition = or_(and_(column.is_not(None), ahead), and_(column == value, condition))
+            continue
+        # The bound excludes NULLs, which never come before a value.
+        bound = column >= value if is_descending else column <= value
+        ahead = column > value if is_descending else column < value
+        condition = and_(bound, or_(ahead, and_(column == value, condition)))
     return condition
 
 
