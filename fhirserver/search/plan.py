@@ -154,14 +154,42 @@ def _chain_condition(
 def _has_condition(
     r, resource_type: str, criterion: HasCriterion, context: SearchContext
 ) -> ColumnElement[bool]:
+    # Correlated on the searched resource, so that a page of results can be
+    # found by probing resources in order (each probe two index lookups)
+    # instead of first collecting every source that matches.
     table = SEARCH_TABLES["reference"].alias()
-    sources = matching_pks(criterion.source_type, (criterion.inner,), context)
-    target_ids = select(table.c.target_id).where(
+    return exists().where(
         *_rows_of(table, criterion.source_type, criterion.parameter.code),
         table.c.target_type == resource_type,
-        table.c.resource_pk.in_(sources),
+        table.c.target_id == r.c.id,
+        table.c.resource_pk.in_(_source_pks(criterion.source_type, criterion.inner, context)),
     )
-    return r.c.id.in_(target_ids)
+
+
+def _source_pks(resource_type: str, criterion: Criterion, context: SearchContext) -> Select:
+    """SELECT resource_pk of the resources of a type matching one criterion.
+
+    Index rows exist only for current, live resources, so a plain value
+    criterion is answered from its index table alone; anything else (a
+    negation, :missing, a chain) goes through the resource table.
+    """
+    if isinstance(criterion, ValueCriterion) and criterion.modifier not in (
+        "missing",
+        *NEGATED,
+    ):
+        module = module_of(criterion.parameter)
+        if not hasattr(module, "matching_pks"):
+            table = module.TABLE.alias()
+            matches = or_(
+                *[
+                    module.condition(table, value, criterion.modifier, criterion.parameter, context)
+                    for value in criterion.values
+                ]
+            )
+            return select(table.c.resource_pk).where(
+                *_rows_of(table, resource_type, criterion.parameter.code), matches
+            )
+    return matching_pks(resource_type, (criterion,), context)
 
 
 def _compartment_condition(
@@ -232,7 +260,9 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
         else None
     )
     matches = select(r.c.pk).where(*where)
-    columns = (r.c.pk, r.c.resource_type, r.c.id, r.c.body, r.c.version_id, r.c.last_updated)
+    # The matching and paging part reads narrow columns only (an index-only
+    # walk of ix_resource_live); the bodies of the page's rows are joined last.
+    columns = (r.c.pk, r.c.resource_type, r.c.id)
     # Ties of the sort keys are broken by id (then by the internal key, which is
     # unique also across the types of a system search); without _sort, the
     # order is the internal key alone (insertion order).
@@ -346,6 +376,18 @@ def _keyset_page(
     if cursor is not None:
         keyset = _before_cursor if backwards else _after_cursor
         stmt = stmt.where(keyset(columns, page.c.pk, descending, nullable, cursor))
+    limited = stmt.order_by(*_order(columns, page.c.pk, descending, nullable, backwards))
+    rows = limited.limit(limit).subquery("rows")
+    body = resource.alias("body")
+    outer_columns = [rows.c[column.name] for column in columns]
+    return (
+        select(rows, body.c.body, body.c.version_id, body.c.last_updated)
+        .join(body, body.c.pk == rows.c.pk)
+        .order_by(*_order(outer_columns, rows.c.pk, descending, nullable, backwards))
+    )
+
+
+def _order(columns, pk_column, descending: list[bool], nullable: list[bool], backwards: bool):
     order: list[Any] = []
     for i, (column, is_descending) in enumerate(zip(columns, descending, strict=True)):
         if backwards:
@@ -356,8 +398,8 @@ def _keyset_page(
             if nullable[i]:
                 order.append(column.is_(None))
             order.append(column.desc() if is_descending else column.asc())
-    order.append(page.c.pk.desc() if backwards else page.c.pk.asc())
-    return stmt.order_by(*order).limit(limit)
+    order.append(pk_column.desc() if backwards else pk_column.asc())
+    return order
 
 
 def _after_cursor(

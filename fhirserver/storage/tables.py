@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     cast,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator, UserDefinedType
@@ -114,6 +115,16 @@ resource = Table(
 )
 Index("ux_resource_type_id", resource.c.resource_type, resource.c.id, unique=True)
 Index("ix_resource_type_updated", resource.c.resource_type, resource.c.last_updated)
+# The live resources of a type in key order, narrow: search pages walk it
+# (index-only) instead of the wide table rows (migration 0006).
+Index(
+    "ix_resource_live",
+    resource.c.resource_type,
+    resource.c.pk,
+    resource.c.id,
+    postgresql_where=resource.c.deleted == false(),
+    sqlite_where=resource.c.deleted == false(),
+)
 Index("ix_resource_patient", resource.c.patient_id)
 
 resource_history = Table(

@@ -2,12 +2,15 @@
 
 Without it every matching index entry cost a heap fetch for its resource_pk;
 at 1M Observations a code criterion read ~25,000 table pages (docs/PERFORMANCE.md).
+ix_resource_live (type, pk, id) of the live resources lets a search page walk
+a narrow index instead of the wide resource rows.
 
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-29
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
@@ -50,7 +53,16 @@ def _recreate(with_pk: bool) -> None:
 
 def upgrade() -> None:
     _recreate(with_pk=True)
+    live = sa.text("deleted = false")
+    op.create_index(
+        "ix_resource_live",
+        "resource",
+        ["resource_type", "pk", "id"],
+        postgresql_where=live,
+        sqlite_where=live,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_resource_live", table_name="resource")
     _recreate(with_pk=False)
