@@ -323,22 +323,36 @@ def paging_queries(port: int) -> dict[str, list[str]]:
 
 
 def run_http(port: int, label: str, paths: list[str], args, server_pid: int) -> dict:
+    """Latency with one client at a time (``--latency-connections``), then
+    throughput with ``--connections`` clients: under load on a small machine
+    latency is mostly queueing, which says little about the query."""
     sample = _get(port, paths[0])
     matches = sum(1 for e in sample.get("entry", []) if e["search"]["mode"] == "match")
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(paths) + "\n")
         data_file = Path(f.name)
+    single = argparse.Namespace(**{**vars(args), "connections": args.latency_connections})
+    single.wrk_threads = min(args.wrk_threads, single.connections)
     try:
         if args.warmup:
             rest.run_wrk(args, port, "get", data_file, args.warmup, args.seed + 1, server_pid)
-        result = rest.run_wrk(args, port, "get", data_file, args.duration, args.seed, server_pid)
+        latency = rest.run_wrk(single, port, "get", data_file, args.duration, args.seed, server_pid)
+        load = rest.run_wrk(args, port, "get", data_file, args.duration, args.seed, server_pid)
     finally:
         data_file.unlink()
-    result["sample_query"] = paths[0]
-    result["sample_matches_on_page"] = matches
+    result = {
+        "sample_query": paths[0],
+        "sample_matches_on_page": matches,
+        "latency": latency,
+        "throughput": load,
+        "p50_ms": latency["p50_ms"],
+        "p99_ms": latency["p99_ms"],
+        "rps": load["rps"],
+    }
     print(
-        f"{label:55} {result['rps']:8.1f} {result['p50_ms']:8.1f} {result['p99_ms']:8.1f}"
-        f" {result['errors']:6d}",
+        f"{label:55} {latency['p50_ms']:7.1f} {latency['p99_ms']:7.1f} {latency['rps']:7.1f}"
+        f" | {load['rps']:7.1f} {load['p50_ms']:7.1f} {load['p99_ms']:7.1f}"
+        f" {latency['errors'] + load['errors']:4d}",
         flush=True,
     )
     return result
@@ -416,8 +430,8 @@ def run_raw(url: str, query_paths: list[str], args) -> dict:
         "p99_ms": rest.percentile(latencies, 99) * 1000,
     }
     print(
-        f"{'raw psycopg: same as Observation?patient=X&code=Y':55} {result['rps']:8.1f}"
-        f" {result['p50_ms']:8.1f} {result['p99_ms']:8.1f} {0:6d}",
+        f"raw psycopg, same as Observation?patient=X&code=Y, {args.connections} connection(s):"
+        f" {result['rps']:.1f} req/s, p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms",
         flush=True,
     )
     return result
@@ -463,6 +477,7 @@ def parse_args(argv=None):
     parser.add_argument("--duration", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--latency-connections", type=int, default=1)
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--max-requests", type=int, default=1_000_000)
     parser.add_argument("--wrk", default="wrk")
@@ -507,12 +522,19 @@ def main(argv=None) -> int:
         server = rest.start_server(url, port, log_path, None)
         rest.wait_until_ready(server, port, log_path, 60)
         shapes = {**query_sets(url, args), **paging_queries(port)}
-        print(f"\n{'query (HTTP, wrk)':55} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        print(
+            f"\n{'':55} {f'{args.latency_connections} connection(s)':>23} |"
+            f" {f'{args.connections} connections':>23}\n"
+            f"{'query (HTTP, wrk)':55} {'p50 ms':>7} {'p99 ms':>7} {'req/s':>7}"
+            f" | {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'err':>4}"
+        )
         http_results = {
             label: run_http(port, label, paths, args, server.pid) for label, paths in shapes.items()
         }
         results["http"] = http_results
         results["raw"] = run_raw(url, shapes["Observation?patient=X&code=Y"], args)
+        single = argparse.Namespace(**{**vars(args), "connections": args.latency_connections})
+        results["raw_latency"] = run_raw(url, shapes["Observation?patient=X&code=Y"], single)
         page1 = http_results["Observation?_sort=-date&_count=50 (page 1)"]["p50_ms"]
         page20 = http_results["Observation?_sort=-date&_count=50 (page 20)"]["p50_ms"]
         results["paging_ratio_p50"] = page20 / page1 if page1 else None

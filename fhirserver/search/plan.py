@@ -271,11 +271,16 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
     if query.cursor:
         backwards, cursor = decode_cursor(query.cursor, len(sort_columns))
 
-    if not query.sort or query.branches:
+    driver = None if query.sort or query.branches else _driving_criterion(query.criteria)
+    if driver is not None:
+        inner = _driven_matches(r, columns, query, driver, context)
+        page = _keyset_page(inner, (), cursor, backwards, limit, nullable_first=True)
+        pages: tuple[Select, ...] = (page,)
+    elif not query.sort or query.branches:
         values = [_sort_expression(r, key).label(f"s{i}") for i, key in enumerate(query.sort)]
         inner = select(*columns, *values).where(*where)
         page = _keyset_page(inner, query.sort, cursor, backwards, limit, nullable_first=True)
-        pages: tuple[Select, ...] = (page,)
+        pages = (page,)
     else:
         pages = _index_ordered_pages(
             r, columns, where, query, cursor, backwards, limit, context.dialect
@@ -286,6 +291,62 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
         sort_columns=sort_columns,
         backwards=backwards,
         matches=matches,
+    )
+
+
+#: Which criterion drives an unsorted search, best first: the types whose
+#: values usually pick few resources (a reference names one resource, a code
+#: a few percent; a date range often most of them).
+_DRIVER_RANK = {"reference": 0, "token": 1, "uri": 2, "string": 3, "quantity": 4, "number": 5}
+_NOT_DRIVING = frozenset({"missing", "not", "not-in", "text", "contains"})
+
+
+def _driving_criterion(criteria: tuple[Criterion, ...]) -> ValueCriterion | None:
+    """The criterion whose index rows an unsorted search walks in key order, if any."""
+    candidates = [
+        c
+        for c in criteria
+        if isinstance(c, ValueCriterion)
+        and c.parameter.type in _DRIVER_RANK
+        and c.modifier not in _NOT_DRIVING
+        and not hasattr(module_of(c.parameter), "matching_pks")
+    ]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: _DRIVER_RANK[c.parameter.type])
+
+
+def _driven_matches(r, columns, query: SearchQuery, driver: ValueCriterion, context) -> Select:
+    """The matches of an unsorted search, read through the driving criterion's index rows.
+
+    Walking the (type, parameter, value, resource_pk) index of one criterion
+    yields its resources in key order, so a page stops after a few rows; the
+    other criteria are probed per row. (Joining the resource table first made
+    PostgreSQL walk every resource of the type in key order.) GROUP BY the
+    key: a resource with several matching values is one match.
+    """
+    module = module_of(driver.parameter)
+    x = module.TABLE.alias("drive")
+    matches = or_(
+        *[
+            module.condition(x, value, driver.modifier, driver.parameter, context)
+            for value in driver.values
+        ]
+    )
+    others = [
+        _condition(r, query.resource_type, c, context) for c in query.criteria if c is not driver
+    ]
+    return (
+        select(*columns)
+        .select_from(x.join(r, r.c.pk == x.c.resource_pk))
+        .where(
+            *_rows_of(x, query.resource_type, driver.parameter.code),
+            matches,
+            r.c.deleted == false(),
+            r.c.resource_type == query.resource_type,
+            *others,
+        )
+        .group_by(r.c.pk)
     )
 
 
