@@ -48,10 +48,10 @@ def insert_new(
         key = (resource_type, resource_id)
         if key in by_key:
             continue  # the same resource twice in one batch: the first one wins
-        body = jsonio.dumps(
-            meta.stamp(item, resource_id=resource_id, version_id=1, last_updated=last_updated)
-        )
-        by_key[key] = (item, body)
+        stamped = meta.stamp(item, resource_id=resource_id, version_id=1, last_updated=last_updated)
+        body = jsonio.dumps(stamped)
+        # The stored version is indexed (its id and meta.lastUpdated included).
+        by_key[key] = (stamped, body)
         rows.append(
             {
                 "resource_type": resource_type,

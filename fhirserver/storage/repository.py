@@ -7,6 +7,8 @@ inside the request's transaction (``Database.transaction``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -18,7 +20,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from fhirserver.errors import PreconditionFailed
 from fhirserver.resources import jsonio, meta
 from fhirserver.search import bundle as search_bundle
+from fhirserver.search import everything as search_everything
 from fhirserver.search import extract, valuesets
+from fhirserver.search import lastn as search_lastn
+from fhirserver.search import parse as search_parse
+from fhirserver.search import plan as search_plan
+from fhirserver.search import selection as search_selection
+from fhirserver.search import stats as search_stats
 from fhirserver.search.query import SearchQuery
 from fhirserver.search.types import SearchContext
 from fhirserver.storage import index_writer
@@ -80,6 +88,16 @@ class Repository(Protocol):
 
     def meta_in_use(self, resource_type: str | None) -> dict: ...
 
+    def find(
+        self, resource_type: str, params: list[tuple[str, str]], *, limit: int
+    ) -> list[str]: ...
+
+    def lock_criteria(self, resource_type: str, params: list[tuple[str, str]]) -> None: ...
+
+    def read_for_update(self, resource_type: str, id: str) -> StoredVersion | None: ...
+
+    def savepoint(self) -> AbstractContextManager: ...
+
     def search(
         self,
         query: SearchQuery,
@@ -88,6 +106,27 @@ class Repository(Protocol):
         base_url: str,
         params: list[tuple[str, str]],
     ) -> dict: ...
+
+    def everything(
+        self,
+        query: search_everything.EverythingQuery,
+        *,
+        base_url: str,
+        params: list[tuple[str, str]],
+    ) -> dict: ...
+
+    def lastn(
+        self,
+        query: search_lastn.LastnQuery,
+        context: SearchContext,
+        *,
+        base_url: str,
+        params: list[tuple[str, str]],
+    ) -> dict: ...
+
+    def observation_stats(
+        self, query: search_stats.StatsQuery, context: SearchContext
+    ) -> search_stats.StatsResult: ...
 
 
 _MS = timedelta(milliseconds=1)
@@ -237,7 +276,8 @@ class SqlRepository:
         """Insert version 1 under a new server-assigned id."""
         resource_id = id or meta.new_id()
         last_updated = _next_timestamp(None)
-        body = self._body(resource_json, resource_id, 1, last_updated)
+        stamped = self._stamped(resource_json, resource_id, 1, last_updated)
+        body = jsonio.dumps(stamped)
         pk = self.conn.execute(
             insert(resource)
             .values(
@@ -251,7 +291,7 @@ class SqlRepository:
             )
             .returning(resource.c.pk)
         ).scalar_one()
-        self._write_index(pk, resource_json, replace=False)
+        self._write_index(pk, stamped, replace=False)
         return self._append_history(
             resource_json["resourceType"], resource_id, 1, last_updated, False, "POST", body
         )
@@ -280,13 +320,14 @@ class SqlRepository:
             )
         new_version = version_id + 1
         last_updated = _next_timestamp(previous_updated)
-        body = self._body(resource_json, id, new_version, last_updated)
+        stamped = self._stamped(resource_json, id, new_version, last_updated)
+        body = jsonio.dumps(stamped)
         self.conn.execute(
             update(resource)
             .where(resource.c.pk == pk)
             .values(version_id=new_version, last_updated=last_updated, deleted=False, body=body)
         )
-        self._write_index(pk, resource_json, replace=True)
+        self._write_index(pk, stamped, replace=True)
         version = self._append_history(
             resource_type, id, new_version, last_updated, False, method, body
         )
@@ -352,6 +393,62 @@ class SqlRepository:
         self._write_index(pk, resource_json, replace=True)
         return StoredVersion(resource_type, id, version_id, last_updated, False, body)
 
+    # -- conditional interactions ------------------------------------------------
+
+    def find(self, resource_type: str, params: list[tuple[str, str]], *, limit: int) -> list[str]:
+        """Ids of up to ``limit`` current resources matching search criteria.
+
+        The criteria of conditional interactions: an unknown parameter is a 400
+        (ignoring it would widen the match to resources the client did not mean).
+        """
+        query = search_parse.parse(resource_type, params, strict=True)
+        if not query.criteria:
+            raise PreconditionFailed(
+                f"A conditional interaction on {resource_type} needs search criteria."
+            )
+        context = SearchContext(
+            base_url=self.base_url,
+            dialect=self.dialect,
+            value_set_codes=lambda url: valuesets.codes(self.conn, url),
+        )
+        stmt = search_plan.matching_ids(resource_type, query.criteria, context).limit(limit)
+        return list(self.conn.scalars(stmt))
+
+    def lock_criteria(self, resource_type: str, params: list[tuple[str, str]]) -> None:
+        """Serialize conditional writes with the same criteria until this transaction ends.
+
+        Check-then-write is only race-free under a lock the database holds: on
+        PostgreSQL a transaction-scoped advisory lock keyed by the criteria (a
+        second writer waits, then its search sees the first one's resource);
+        SQLite writers already hold the database lock (BEGIN IMMEDIATE).
+        """
+        if self.dialect != "postgresql":
+            return
+        key = resource_type + "?" + "&".join(f"{k}={v}" for k, v in sorted(params))
+        self.conn.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))", {"key": key}
+        )
+
+    def read_for_update(self, resource_type: str, id: str) -> StoredVersion | None:
+        """The current version, locked until the transaction ends (read-modify-write: PATCH)."""
+        stmt = select(
+            resource.c.version_id, resource.c.last_updated, resource.c.deleted, resource.c.body
+        ).where(resource.c.resource_type == resource_type, resource.c.id == id)
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        row = self.conn.execute(stmt).first()
+        if row is None:
+            return None
+        return StoredVersion(
+            resource_type, id, row.version_id, row.last_updated, row.deleted, row.body
+        )
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: what fails inside it is undone, the rest stays (batch entries)."""
+        with self.conn.begin_nested():
+            yield
+
     def meta_in_use(self, resource_type: str | None) -> dict:
         """The tags, security labels and profiles current resources carry (of one type, or all)."""
         tokens, uris = SEARCH_TABLES["token"], SEARCH_TABLES["uri"]
@@ -388,7 +485,8 @@ class SqlRepository:
     ) -> StoredVersion | None:
         resource_type = resource_json["resourceType"]
         last_updated = _next_timestamp(None)
-        body = self._body(resource_json, id, 1, last_updated)
+        stamped = self._stamped(resource_json, id, 1, last_updated)
+        body = jsonio.dumps(stamped)
         dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
         stmt = (
             dialect_insert(resource)
@@ -407,7 +505,7 @@ class SqlRepository:
         row = self.conn.execute(stmt).first()
         if row is None:
             return None
-        self._write_index(row.pk, resource_json, replace=False)
+        self._write_index(row.pk, stamped, replace=False)
         return self._append_history(resource_type, id, 1, last_updated, False, method, body)
 
     def _append_history(
@@ -438,7 +536,11 @@ class SqlRepository:
         )
 
     def _write_index(self, pk: int, resource_json: dict, *, replace: bool) -> None:
-        """The search index rows of the new current version (same transaction as the write)."""
+        """The search index rows of the new current version (same transaction as the write).
+
+        ``resource_json`` is the version as stored (with its id and meta), so
+        that ``_id`` and ``_lastUpdated`` index what clients read back.
+        """
         if replace:
             index_writer.delete_rows(self.conn, [pk])
         rows_by_type = extract.index_rows(resource_json, base_url=self.base_url)
@@ -448,11 +550,66 @@ class SqlRepository:
         index_writer.insert_rows(self.conn, rows_by_type)
 
     @staticmethod
-    def _body(resource_json: dict, id: str, version_id: int, last_updated: datetime) -> bytes:
-        return jsonio.dumps(
-            meta.stamp(
-                resource_json, resource_id=id, version_id=version_id, last_updated=last_updated
-            )
+    def _stamped(resource_json: dict, id: str, version_id: int, last_updated: datetime) -> dict:
+        return meta.stamp(
+            resource_json, resource_id=id, version_id=version_id, last_updated=last_updated
+        )
+
+    # -- operations ($everything, $lastn, $stats) --------------------------------
+
+    def everything(
+        self,
+        query: search_everything.EverythingQuery,
+        *,
+        base_url: str,
+        params: list[tuple[str, str]],
+    ) -> dict:
+        """A page of Patient/$everything (http://hl7.org/fhir/R4/patient-operation-everything.html)."""
+        return search_selection.run(
+            self.conn,
+            lambda r: search_everything.conditions(query, r),
+            query.paging,
+            base_url=base_url,
+            params=params,
+            mode=search_everything.mode,
+        )
+
+    def lastn(
+        self,
+        query: search_lastn.LastnQuery,
+        context: SearchContext,
+        *,
+        base_url: str,
+        params: list[tuple[str, str]],
+    ) -> dict:
+        """A page of Observation/$lastn (http://hl7.org/fhir/R4/observation-operation-lastn.html)."""
+        context = self._search_context(context)
+        chosen = search_lastn.chosen_pks(query, context)
+        search = query.search
+        paging = search_selection.Paging(
+            path=search.path or "Observation/$lastn",
+            count=search.count,
+            cursor=search.cursor,
+            total=search.total,
+            summary=search.summary,
+            elements=search.elements,
+            warnings=search.warnings,
+        )
+        return search_selection.run(
+            self.conn, lambda r: [r.c.pk.in_(chosen)], paging, base_url=base_url, params=params
+        )
+
+    def observation_stats(
+        self, query: search_stats.StatsQuery, context: SearchContext
+    ) -> search_stats.StatsResult:
+        """The series of Observation/$stats (http://hl7.org/fhir/R4/observation-operation-stats.html)."""
+        return search_stats.compute(self.conn, query, self._search_context(context))
+
+    def _search_context(self, context: SearchContext) -> SearchContext:
+        return replace(
+            context,
+            dialect=self.dialect,
+            value_set_codes=lambda url: valuesets.codes(self.conn, url),
         )
 
 

@@ -452,3 +452,17 @@ def test_contained_search_is_reported_as_not_supported(client, people):
     # The default (false) is what the server does anyway.
     plain = search(client, "Patient?_contained=false")
     assert all(e["search"]["mode"] == "match" for e in plain["entry"])
+
+
+def test_server_assigned_id_and_last_updated_are_searchable(client):
+    # The index holds the version as stored, not the body the client sent
+    # (which had neither an id nor meta.lastUpdated).
+    created = client.post(
+        f"{BASE}/Patient",
+        data=orjson.dumps({"resourceType": "Patient", "gender": "other"}),
+        headers={"Content-Type": "application/fhir+json"},
+    ).get_json()
+    assert ids(search(client, f"Patient?_id={created['id']}")) == [created["id"]]
+    stamp = created["meta"]["lastUpdated"]
+    assert ids(search(client, f"Patient?_lastUpdated={stamp}")) == [created["id"]]
+    assert ids(search(client, "Patient?_lastUpdated=lt2000")) == []
