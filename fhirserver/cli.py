@@ -1,8 +1,9 @@
-"""The ``fhirserver`` command: serve, db upgrade, reindex (later: load, token, purge, sync, audit verify)."""
+"""The ``fhirserver`` command: serve, db upgrade, reindex, load (later: token, purge, sync, audit verify)."""
 
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
 
 import click
@@ -102,6 +103,94 @@ def reindex(database_url: str, resource_type: str | None) -> None:
     finally:
         database.dispose()
     click.echo(f"\nfhirserver: reindexed {count} resources")
+
+
+#: Rejections listed one by one; the rest are counted.
+MAX_LISTED_REJECTIONS = 200
+
+
+@main.command()
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=pathlib.Path)
+)
+@DATABASE_OPTION
+@click.option(
+    "--batch-size",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Resources per database transaction.",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Processes reading and writing files (each with its own database connection).",
+)
+def load(paths: tuple[pathlib.Path, ...], database_url: str, batch_size: int, workers: int) -> None:
+    """Load ndjson files (.ndjson, .ndjson.gz), transaction/batch Bundles or single
+    resources (.json) and folders of them; existing resources are left unchanged.
+
+    Exit status 1 when any resource was rejected (each is listed with file:line).
+    """
+    from fhirserver.bulk.load import LoadError, find_sources, run
+
+    settings = Settings.from_env(database_url=database_url)
+    _prepare_schema(settings)
+    try:
+        plan = find_sources(paths)
+    except LoadError as error:
+        raise click.UsageError(str(error)) from None
+    with click.progressbar(length=plan.size, label="Loading", file=sys.stderr) as bar:
+        report = run(
+            settings.database_url,
+            plan,
+            base_url=settings.public_base_url,
+            batch_size=batch_size,
+            workers=workers,
+            progress=bar.update,
+        )
+    if report.workers < workers:
+        click.echo("fhirserver: SQLite takes one writer at a time: loaded in one process", err=True)
+    for name in report.skipped:
+        click.echo(f"skipped {name}: it holds no FHIR resources", err=True)
+    for rejection in report.rejections[:MAX_LISTED_REJECTIONS]:
+        click.echo(f"rejected {rejection}", err=True)
+    if report.rejected > MAX_LISTED_REJECTIONS:
+        click.echo(f"... and {report.rejected - MAX_LISTED_REJECTIONS} more rejected", err=True)
+    click.echo(f"fhirserver: loaded {report.summary()}")
+    sys.exit(1 if report.rejected else 0)
+
+
+@main.command()
+@DATABASE_OPTION
+@click.option("--once", is_flag=True, help="Run the queued jobs, then exit (for tests and cron).")
+def worker(database_url: str, once: bool) -> None:
+    """Run bulk data jobs ($export) from the database's queue.
+
+    `serve` already runs a worker in every process unless FHIRSERVER_BULK_WORKER=0;
+    this one can run anywhere else, any number of times: jobs are claimed in the database.
+    """
+    import threading
+
+    from fhirserver.bulk.worker import run_queued, serve_forever
+    from fhirserver.storage.session import Database
+
+    settings = Settings.from_env(database_url=database_url)
+    _prepare_schema(settings)
+    database = Database(settings.database_url, pool_size=2)
+    try:
+        if once:
+            click.echo(f"fhirserver: ran {run_queued(database)} bulk data job(s)")
+            return
+        click.echo(f"fhirserver: bulk data worker on {_safe(settings.database_url)}")
+        try:
+            serve_forever(database, threading.Event())
+        except KeyboardInterrupt:
+            pass
+    finally:
+        database.dispose()
 
 
 def _prepare_schema(settings: Settings) -> None:

@@ -23,6 +23,8 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024
     #: PostgreSQL connection pool per server process.
     pool_size: int = 10
+    #: Run a bulk data worker thread in every server process (FHIRSERVER_BULK_WORKER=0 turns it off).
+    bulk_worker: bool = True
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -33,5 +35,6 @@ class Settings:
             public_base_url=env.get("FHIRSERVER_PUBLIC_BASE_URL", ""),
             max_body_bytes=int(env.get("FHIRSERVER_MAX_BODY_BYTES", cls.max_body_bytes)),
             pool_size=int(env.get("FHIRSERVER_POOL_SIZE", cls.pool_size)),
+            bulk_worker=env.get("FHIRSERVER_BULK_WORKER", "1").strip() != "0",
         )
         return replace(settings, **overrides)  # type: ignore[arg-type]

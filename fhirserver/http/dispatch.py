@@ -5,7 +5,8 @@
     -> repository for this request, inside one database transaction
     -> interactions/<kind>.handle(request, repository)      (HTTP-free)
        or operations/<name>.handle(request, repository)     ($operations, same path)
-    -> audit.record(...)  on success, denial and failure alike
+    -> audit.record(...)  on success, denial and failure alike (interactions/pipeline.py,
+       which batch and transaction entries run through too)
     -> http/response.render: JSON/XML, status, headers
 
 Access control (issue 5) plugs in at ``_repository_for`` (a GuardedRepository
@@ -19,14 +20,13 @@ from dataclasses import dataclass, replace
 
 from flask import Request, Response
 
-from fhirserver.audit import record as audit
 from fhirserver.consent.principal import ADMINISTRATOR, Principal
 from fhirserver.errors import NotFound
 from fhirserver.http import request as fhir_http_request
 from fhirserver.http.errors import error_response
 from fhirserver.http.formats import response_format
 from fhirserver.http.response import Shape, parse_shape, render
-from fhirserver.interactions import registry
+from fhirserver.interactions import pipeline, registry
 from fhirserver.interactions.request import FhirRequest, FhirResponse
 from fhirserver.operations import registry as operations
 from fhirserver.resources.registry import is_resource_type
@@ -81,14 +81,12 @@ def dispatch(
             compartment_search=compartment_search,
             # Operations take their input in the body (a Parameters resource) even when they only read.
             with_body=(interaction.writes or operation is not None)
-            and http.method in ("POST", "PUT"),
+            and http.method in ("POST", "PUT", "PATCH"),
         )
         request = replace(request, principal=principal)
         with services.database.transaction(write=interaction.writes) as conn:
             repository = _repository_for(SqlRepository(conn, base_url=request.base_url), principal)
-            response = interaction.handle(request, repository)
-            # Inside the transaction: a write and its audit record commit together.
-            audit.record(repository, request, principal, response)
+            response = pipeline.run(interaction, request, repository)
     except Exception as error:  # noqa: BLE001 - every failure becomes an OperationOutcome
         response = error_response(error)
         _audit_failure(request, principal, response, error)
@@ -110,4 +108,4 @@ def _repository_for(repository: Repository, principal: Principal) -> Repository:
 def _audit_failure(
     request: FhirRequest | None, principal: Principal, response: FhirResponse, error: Exception
 ) -> None:
-    audit.record(None, request, principal, response, error)
+    pipeline.record_failure(request, principal, response, error)

@@ -25,6 +25,9 @@ _MIME_FORMAT = {
 }
 _FORMAT_PARAM = {"json": JSON, "xml": XML, **_MIME_FORMAT}
 _DEFAULT_MIME = {JSON: "application/fhir+json", XML: "application/fhir+xml"}
+#: What bulk data clients accept for an output file
+#: (http://hl7.org/fhir/uv/bulkdata/export.html#file-request); errors then answer in JSON.
+_NDJSON_MIMES = frozenset({"application/fhir+ndjson", "application/ndjson", "ndjson"})
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def response_format(format_param: str | None, accept: str | None) -> ResponseFor
             continue
         if mime in _MIME_FORMAT:
             candidate = ResponseFormat(_MIME_FORMAT[mime], mime)
-        elif mime in ("*/*", "application/*"):
+        elif mime in ("*/*", "application/*") or mime in _NDJSON_MIMES:
             candidate = DEFAULT
         elif mime == "text/*":
             candidate = ResponseFormat(XML, "text/xml")

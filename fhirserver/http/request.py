@@ -14,6 +14,8 @@ from fhirserver.resources import jsonio
 from fhirserver.resources.xml import parse_xml
 from fhirserver.settings import Settings
 
+JSON_PATCH = "application/json-patch+json"
+
 # Parameters that shape the response, not the query.
 RESPONSE_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements"})
 
@@ -25,8 +27,7 @@ def base_url(http: Request, settings: Settings) -> str:
     return f"{http.scheme}://{http.host}{http.root_path}{settings.base_path.rstrip('/')}"
 
 
-def read_body(http: Request, settings: Settings) -> dict[str, Any] | None:
-    """The request's resource as a JSON dict (None without a body)."""
+def _read_raw(http: Request, settings: Settings) -> bytes:
     length = http.content_length
     if length is not None and length > settings.max_body_bytes:
         raise PayloadTooLarge(
@@ -37,6 +38,12 @@ def read_body(http: Request, settings: Settings) -> dict[str, Any] | None:
         raise PayloadTooLarge(
             f"The request body is over the limit of {settings.max_body_bytes} bytes."
         )
+    return raw
+
+
+def read_body(http: Request, settings: Settings) -> dict[str, Any] | None:
+    """The request's resource as a JSON dict (None without a body)."""
+    raw = _read_raw(http, settings)
     if not raw.strip():
         return None
     if body_format(http.headers.get("Content-Type"), raw) == JSON:
@@ -48,6 +55,18 @@ def read_body(http: Request, settings: Settings) -> dict[str, Any] | None:
             raise Malformed("The body must be a JSON object (a FHIR resource).")
         return parsed
     return parse_xml(raw)
+
+
+def read_json_patch(http: Request, settings: Settings) -> list[Any]:
+    """An RFC 6902 JSON Patch document: a JSON array of operations."""
+    raw = _read_raw(http, settings)
+    try:
+        parsed = jsonio.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Malformed(f"The JSON Patch is not valid JSON: {exc}.") from None
+    if not isinstance(parsed, list):
+        raise BadRequest("A JSON Patch document must be a JSON array of operations.")
+    return parsed
 
 
 def _http_date(text: str | None):
@@ -67,6 +86,12 @@ def _prefer_handling(prefer: str | None) -> str | None:
         if key == "handling" and value in ("strict", "lenient"):
             return value
     return None
+
+
+def _prefer_respond_async(prefer: str | None) -> bool:
+    return any(
+        token.strip() == "respond-async" for token in (prefer or "").replace(";", ",").split(",")
+    )
 
 
 def build(
@@ -91,6 +116,11 @@ def build(
                 "POST _search takes an application/x-www-form-urlencoded body."
             )
         params += tuple((key, value) for key, value in http.form.items(multi=True))
+    body, json_patch = None, None
+    if with_body and http.mimetype == JSON_PATCH:
+        json_patch = read_json_patch(http, settings)
+    elif with_body:
+        body = read_body(http, settings)
     return FhirRequest(
         interaction=interaction,
         base_url=base_url(http, settings),
@@ -99,10 +129,12 @@ def build(
         version_id=version_id,
         compartment_search=compartment_search,
         params=params,
-        body=read_body(http, settings) if with_body else None,
+        body=body,
+        json_patch=json_patch,
         if_match=http.headers.get("If-Match"),
         if_none_match=http.headers.get("If-None-Match"),
         if_modified_since=_http_date(http.headers.get("If-Modified-Since")),
         if_none_exist=http.headers.get("If-None-Exist"),
         prefer_handling=_prefer_handling(http.headers.get("Prefer")),
+        prefer_respond_async=_prefer_respond_async(http.headers.get("Prefer")),
     )

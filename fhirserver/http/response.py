@@ -77,6 +77,14 @@ def render(response: FhirResponse, shape: Shape, *, shape_resource: bool = False
         headers["Content-Location"] = response.location
     if response.status == 304:
         return Response(status=304, headers=headers)
+    if response.content_type is not None:
+        # Not a FHIR resource (a bulk data manifest or ndjson file): no reshaping, no XML.
+        return Response(
+            response.body or b"",
+            status=response.status,
+            headers=headers,
+            content_type=response.content_type,
+        )
 
     body: bytes | None = response.body
     resource: Any = response.resource

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from fhirserver.http.dispatch import Services, dispatch
 from fhirserver.http.errors import error_response
@@ -17,6 +18,23 @@ def _run(code: str, **path: str) -> Response:
     return dispatch(_services(), request, code, **path)
 
 
+#: Interactions on [base]/[type] by HTTP method.
+_TYPE_LEVEL = {
+    "GET": "search-type",
+    "HEAD": "search-type",
+    "POST": "create",
+    "PUT": "update",
+    "DELETE": "delete",
+    "PATCH": "patch",
+}
+
+
+def _capabilities() -> Response:
+    if request.method != "GET":
+        raise MethodNotAllowed(valid_methods=["GET"])
+    return _run("capabilities")
+
+
 def _operation(operation: str, **path: str) -> Response:
     return dispatch(_services(), request, "operation", operation=operation, **path)
 
@@ -24,9 +42,20 @@ def _operation(operation: str, **path: str) -> Response:
 def blueprint(base_path: str) -> Blueprint:
     api = Blueprint("fhir", __name__, url_prefix=base_path.rstrip("/") or None)
 
-    api.add_url_rule("/metadata", "capabilities", lambda: _run("capabilities"), methods=["GET"])
     api.add_url_rule(
-        "/", "search-system", lambda: _run("search-system"), methods=["GET"], strict_slashes=False
+        "/metadata",
+        "capabilities",
+        _capabilities,
+        # Every method, so that /metadata never falls through to [base]/[type].
+        methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+    )
+    api.add_url_rule(
+        "/",
+        "system",
+        # POST [base]: a batch or transaction Bundle.
+        lambda: _run("transaction" if request.method == "POST" else "search-system"),
+        methods=["GET", "POST"],
+        strict_slashes=False,
     )
     # Extended operations: [base]/$op, [base]/[type]/$op, [base]/[type]/[id]/$op.
     api.add_url_rule(
@@ -50,13 +79,27 @@ def blueprint(base_path: str) -> Blueprint:
         methods=["GET", "POST"],
     )
     api.add_url_rule("/_history", "history-system", lambda: _run("history-system"), methods=["GET"])
+    # Bulk Data export status (DELETE cancels) and output files.
+    api.add_url_rule(
+        "/_bulk/export/<job>",
+        "bulk-export-status",
+        lambda job: _run(
+            "bulk-export-cancel" if request.method == "DELETE" else "bulk-export-status", id=job
+        ),
+        methods=["GET", "DELETE"],
+    )
+    api.add_url_rule(
+        "/_bulk/files/<job>/<name>",
+        "bulk-file",
+        lambda job, name: _run("bulk-file", id=f"{job}/{name}"),
+        methods=["GET"],
+    )
     api.add_url_rule(
         "/<resource_type>",
         "type",
-        lambda resource_type: _run(
-            "create" if request.method == "POST" else "search-type", resource_type=resource_type
-        ),
-        methods=["GET", "POST"],
+        lambda resource_type: _run(_TYPE_LEVEL[request.method], resource_type=resource_type),
+        # PUT, DELETE and PATCH on the type are the conditional interactions.
+        methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
     )
     api.add_url_rule(
         "/<resource_type>/_search",
@@ -74,11 +117,13 @@ def blueprint(base_path: str) -> Blueprint:
         "/<resource_type>/<id>",
         "instance",
         lambda resource_type, id: _run(
-            {"GET": "read", "HEAD": "read", "PUT": "update", "DELETE": "delete"}[request.method],
+            {"GET": "read", "HEAD": "read", "PUT": "update", "DELETE": "delete", "PATCH": "patch"}[
+                request.method
+            ],
             resource_type=resource_type,
             id=id,
         ),
-        methods=["GET", "PUT", "DELETE"],
+        methods=["GET", "PUT", "DELETE", "PATCH"],
     )
     api.add_url_rule(
         "/<resource_type>/<id>/_history",

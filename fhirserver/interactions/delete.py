@@ -3,11 +3,16 @@
 Writes a tombstone version; later reads answer 410 and earlier versions stay
 readable by vread. Deleting a deleted or unknown resource is harmless (the
 spec allows 200/204 for it) and writes nothing.
+
+Conditional delete ``DELETE [base]/[type]?[criteria]``: every match is
+deleted, up to MAX_CONDITIONAL_DELETES (more matches answer 412 and delete
+nothing); no match changes nothing.
 """
 
 from __future__ import annotations
 
-from fhirserver.errors import Issue
+from fhirserver.errors import BadRequest, Issue, PreconditionFailed
+from fhirserver.interactions import conditional
 from fhirserver.interactions.common import parse_version_tag, require_valid_id
 from fhirserver.interactions.request import FhirRequest, FhirResponse
 from fhirserver.resources.outcome import operation_outcome
@@ -16,7 +21,9 @@ from fhirserver.storage.repository import Repository
 
 def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
     resource_type, id = request.resource_type, request.id
-    assert resource_type is not None and id is not None
+    assert resource_type is not None
+    if id is None:
+        return _conditional(request, repository)
     require_valid_id(resource_type, id)
     tombstone = repository.delete(resource_type, id, if_match=parse_version_tag(request.if_match))
     if tombstone is None:
@@ -25,8 +32,35 @@ def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
         message = f"Resource `{resource_type}/{id}` was deleted (version {tombstone.version_id})."
     return FhirResponse(
         status=200,
-        resource=operation_outcome(
-            [Issue(code="informational", diagnostics=message, severity="information")]
-        ),
+        resource=_informational(message),
         version_id=None if tombstone is None else tombstone.version_id,
+    )
+
+
+def _conditional(request: FhirRequest, repository: Repository) -> FhirResponse:
+    resource_type = request.resource_type
+    assert resource_type is not None
+    params = [(k, v) for k, v in request.params if k not in ("_format", "_pretty")]
+    if not params:
+        raise BadRequest(f"A conditional delete of {resource_type} needs search criteria.")
+    cap = conditional.MAX_CONDITIONAL_DELETES
+    ids = conditional.matches(repository, resource_type, params, limit=cap + 1)
+    if len(ids) > cap:
+        raise PreconditionFailed(
+            f"The criteria match more than {cap} resources; a conditional delete removes at most {cap}."
+        )
+    for id in ids:
+        repository.delete(resource_type, id)
+    if not ids:
+        message = "No resource matches the criteria; nothing changed."
+    else:
+        message = f"Deleted {len(ids)} resource(s): " + ", ".join(
+            f"{resource_type}/{id}" for id in ids
+        )
+    return FhirResponse(status=200, resource=_informational(message))
+
+
+def _informational(message: str) -> dict:
+    return operation_outcome(
+        [Issue(code="informational", diagnostics=message, severity="information")]
     )

@@ -29,13 +29,16 @@ class Interaction:
 
 
 def _build() -> dict[str, Interaction]:
+    from fhirserver.bulk import status as bulk_status
     from fhirserver.interactions import (
         capabilities,
         create,
         delete,
         history,
+        patch,
         read,
         search,
+        transaction,
         update,
         vread,
     )
@@ -45,15 +48,28 @@ def _build() -> dict[str, Interaction]:
         Interaction("vread", "instance", False, vread.handle),
         Interaction("update", "instance", True, update.handle),
         Interaction("delete", "instance", True, delete.handle),
+        Interaction("patch", "instance", True, patch.handle),
         Interaction("history-instance", "instance", False, history.handle),
         Interaction("history-type", "type", False, history.handle),
         Interaction("create", "type", True, create.handle),
         Interaction("search-type", "type", False, search.handle, advertised=search.IMPLEMENTED),
         Interaction("history-system", "system", False, history.handle),
+        # One handler for both Bundle types; "batch" is advertised beside it.
+        Interaction("transaction", "system", True, transaction.handle),
+        Interaction("batch", "system", True, transaction.handle),
         Interaction("search-system", "system", False, search.handle),
         # Compartment search: advertised as CapabilityStatement.rest.compartment.
         Interaction("search-compartment", "instance", False, search.handle, advertised=False),
         Interaction("capabilities", "system", False, capabilities.handle, advertised=False),
+        # Bulk Data export status, cancel and files (http://hl7.org/fhir/uv/bulkdata/export.html):
+        # not FHIR interactions, but they take the same path (access control, audit).
+        Interaction(
+            "bulk-export-status", "system", False, bulk_status.handle_status, advertised=False
+        ),
+        Interaction(
+            "bulk-export-cancel", "system", True, bulk_status.handle_cancel, advertised=False
+        ),
+        Interaction("bulk-file", "system", False, bulk_status.handle_file, advertised=False),
     ]
     return {interaction.code: interaction for interaction in table}
 

@@ -31,8 +31,15 @@ class FhirRequest:
     if_none_match: str | None = None
     if_modified_since: datetime | None = None
     if_none_exist: str | None = None
+    #: PATCH: the JSON Patch document (a list) of an ``application/json-patch+json`` body.
+    json_patch: list[Any] | None = None
+    #: Set by a transaction for a POST entry whose fullUrl is referenced:
+    #: the id the created resource gets (the server's choice, made up front).
+    assigned_id: str | None = None
     #: ``Prefer: handling=strict|lenient`` (http://hl7.org/fhir/R4/search.html#errors).
     prefer_handling: str | None = None
+    #: ``Prefer: respond-async`` (http://hl7.org/fhir/R4/async.html): the client takes a 202 and polls.
+    prefer_respond_async: bool = False
     principal: Principal = ADMINISTRATOR
 
     def param(self, name: str) -> str | None:
@@ -57,6 +64,9 @@ class FhirResponse:
     #: True for create/update/patch results, so ``Prefer: return=`` applies.
     is_write_result: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    #: A body that is not a FHIR resource (a bulk data manifest, an ndjson file):
+    #: ``body`` goes out as it is, with this Content-Type, whatever format was negotiated.
+    content_type: str | None = None
 
     @property
     def etag(self) -> str | None:

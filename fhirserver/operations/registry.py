@@ -64,7 +64,14 @@ def for_capability_statement(level: str, resource_type: str | None = None) -> li
 
 
 def _build() -> dict[str, Operation]:
-    from fhirserver.operations import resource_meta, resource_validate
+    from fhirserver.operations import (
+        bulk_export,
+        observation_lastn,
+        observation_stats,
+        patient_everything,
+        resource_meta,
+        resource_validate,
+    )
 
     table = [
         Operation("OperationDefinition-Resource-validate.json", resource_validate.handle),
@@ -77,8 +84,16 @@ def _build() -> dict[str, Operation]:
             resource_meta.handle_delete,
             writes=True,
         ),
+        Operation("OperationDefinition-Patient-everything.json", patient_everything.handle),
+        Operation("OperationDefinition-Observation-lastn.json", observation_lastn.handle),
+        Operation("OperationDefinition-Observation-stats.json", observation_stats.handle),
+        # Bulk Data export: one code, three definitions (system, Patient, Group level).
+        Operation("OperationDefinition-export.json", bulk_export.handle_system),
+        Operation("OperationDefinition-patient-export.json", bulk_export.handle_patient),
+        Operation("OperationDefinition-group-export.json", bulk_export.handle_group),
     ]
-    return {operation.name: operation for operation in table}
+    # Keyed by canonical URL: several definitions may share a code.
+    return {operation.url: operation for operation in table}
 
 
 _TABLE: dict[str, Operation] | None = None
@@ -94,9 +109,19 @@ def operations() -> dict[str, Operation]:
 def resolve(name: str, level: str, resource_type: str | None, method: str) -> Interaction:
     """The interaction that runs ``$name`` at ``level``; 404 for an unknown operation,
     400 for a wrong level or type, 405 for GET of an operation that changes data."""
-    operation = operations().get(name)
-    if operation is None:
+    candidates = [op for op in operations().values() if op.name == name]
+    if not candidates:
         raise NotFound(f"Operation `${name}` is not supported by this server.")
+    # The definition for this level and type ($export has one each for system,
+    # Patient and Group); otherwise the first, whose checks below say what is wrong.
+    operation = next(
+        (
+            op
+            for op in candidates
+            if op.runs_at(level) and (resource_type is None or op.applies_to(resource_type))
+        ),
+        candidates[0],
+    )
     if operation.writes and method != "POST":
         raise MethodNotAllowed(f"Operation `${name}` changes data: use POST.")
     if not operation.runs_at(level):

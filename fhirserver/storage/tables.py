@@ -14,8 +14,10 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -322,3 +324,56 @@ Index(
 )
 Index("ix_search_uri_pk", search_uri.c.resource_pk)
 Index("ix_search_text_pk", search_text.c.resource_pk)
+
+
+# -- bulk data jobs ------------------------------------------------------------
+# Asynchronous bulk requests (http://hl7.org/fhir/uv/bulkdata/export.html) live
+# in the database, not in a server process: any process may claim a queued job
+# (fhirserver/bulk/jobs.py) and any process may answer its status or serve its
+# files, which are stored here too.
+
+bulk_job = Table(
+    "bulk_job",
+    metadata,
+    # Random (uuid4): the status URL is the job's only handle, so it must not be guessable.
+    Column("id", String(64), primary_key=True),
+    # export (later also import).
+    Column("kind", String(16), nullable=False),
+    # queued, running, completed, failed or cancelled.
+    Column("status", String(16), nullable=False),
+    # The kick-off request URL, repeated in the manifest's `request`.
+    Column("request_url", Text, nullable=False),
+    # What to do, as JSON (for an export: level, types, _since, _typeFilter, ...).
+    Column("parameters", JsonDocument, nullable=False),
+    # Free text for the X-Progress header while queued or running.
+    Column("progress", Text, nullable=True),
+    # Why a failed job failed (the status answer's OperationOutcome).
+    Column("error", Text, nullable=True),
+    # How often the job was claimed: a worker that lost its claim (the job was
+    # cancelled, or taken over after its heartbeat stopped) notices the change.
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("started_at", UtcDateTime, nullable=True),
+    # Refreshed by the running worker; a running job without one for long is reclaimed.
+    Column("heartbeat_at", UtcDateTime, nullable=True),
+    Column("finished_at", UtcDateTime, nullable=True),
+    # The manifest's transactionTime: the export holds the data as of this instant.
+    Column("transaction_time", UtcDateTime, nullable=True),
+)
+# Workers look for the oldest queued (or stale running) job.
+Index("ix_bulk_job_queue", bulk_job.c.status, bulk_job.c.created_at)
+
+bulk_output = Table(
+    "bulk_output",
+    metadata,
+    Column("job_id", String(64), ForeignKey("bulk_job.id", ondelete="CASCADE"), primary_key=True),
+    # The file's name in its URL: [base]/_bulk/files/[job]/[name].
+    Column("name", String(128), primary_key=True),
+    # Its place in the manifest's output array.
+    Column("position", Integer, nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    # Lines (resources) in the file.
+    Column("count", Integer, nullable=False),
+    # The ndjson itself.
+    Column("content", LargeBinary, nullable=False),
+)
