@@ -15,6 +15,7 @@ import base64
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -333,9 +334,22 @@ def _driven_matches(r, columns, query: SearchQuery, driver: ValueCriterion, cont
             for value in driver.values
         ]
     )
-    others = [
-        _condition(r, query.resource_type, c, context) for c in query.criteria if c is not driver
-    ]
+    rest = [c for c in query.criteria if c is not driver]
+    if all(isinstance(c, ValueCriterion | ChainCriterion) for c in rest):
+        # Criteria on the key alone: index rows exist only for current, live
+        # resources, so the resource table is not needed until the page's
+        # rows are known (the caller joins their bodies, type and id).
+        keys = _KeyOnly(x.c.resource_pk)
+        return (
+            select(x.c.resource_pk.label("pk"))
+            .where(
+                *_rows_of(x, query.resource_type, driver.parameter.code),
+                matches,
+                *[_condition(keys, query.resource_type, c, context) for c in rest],
+            )
+            .group_by(x.c.resource_pk)
+        )
+    others = [_condition(r, query.resource_type, c, context) for c in rest]
     return (
         select(*columns)
         .select_from(x.join(r, r.c.pk == x.c.resource_pk))
@@ -348,6 +362,13 @@ def _driven_matches(r, columns, query: SearchQuery, driver: ValueCriterion, cont
         )
         .group_by(r.c.pk)
     )
+
+
+class _KeyOnly:
+    """Stands in for the resource table where a condition reads only ``.c.pk``."""
+
+    def __init__(self, pk_column):
+        self.c = SimpleNamespace(pk=pk_column)
 
 
 def _index_ordered_pages(
@@ -441,8 +462,9 @@ def _keyset_page(
     rows = limited.limit(limit).subquery("rows")
     body = resource.alias("body")
     outer_columns = [rows.c[column.name] for column in columns]
+    identity = [body.c[name] for name in ("resource_type", "id") if name not in rows.c]
     return (
-        select(rows, body.c.body, body.c.version_id, body.c.last_updated)
+        select(rows, *identity, body.c.body, body.c.version_id, body.c.last_updated)
         .join(body, body.c.pk == rows.c.pk)
         .order_by(*_order(outer_columns, rows.c.pk, descending, nullable, backwards))
     )

@@ -287,7 +287,15 @@ Index(
     search_date.c.high,
     search_date.c.resource_pk,
 )
-Index("ix_search_date_pk", search_date.c.resource_pk)
+# Covering: a search probing a resource's dates reads the index alone (migration 0008).
+Index(
+    "ix_search_date_pk",
+    search_date.c.resource_pk,
+    search_date.c.resource_type,
+    search_date.c.param,
+    search_date.c.low,
+    search_date.c.high,
+)
 Index(
     "ix_search_number",
     search_number.c.resource_type,
