@@ -49,11 +49,19 @@ def run(
         return bundle
 
     rows: list = []
+    more = False
     for statement in plan.pages if query.count > 0 else ():
-        rows += conn.execute(statement).all()
+        fetched = conn.execute(statement).all()
+        if plan.repeats:
+            # Rows come in key order; a resource matching several values repeats in a row.
+            more = len(fetched) >= plan.fetched
+            fetched = [
+                row for i, row in enumerate(fetched) if i == 0 or row.pk != fetched[i - 1].pk
+            ]
+        rows += fetched
         if len(rows) > query.count:
             break
-    more = len(rows) > query.count
+    more = more or len(rows) > query.count
     rows = rows[: query.count]
     if plan.backwards:
         # Read backwards from the cursor: put the page in order; the page it came from follows.

@@ -65,6 +65,10 @@ class Plan:
     #: True when the page was read backwards (a ``previous`` link): the rows come
     #: newest-last-first and the caller reverses them.
     backwards: bool = False
+    #: True when a resource may come several times in a row (see _driven_matches);
+    #: ``fetched`` is the LIMIT the page statement reads.
+    repeats: bool = False
+    fetched: int = 0
 
 
 def matching_pks(
@@ -273,10 +277,13 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
         backwards, cursor = decode_cursor(query.cursor, len(sort_columns))
 
     driver = None if query.sort or query.branches else _driving_criterion(query.criteria)
+    repeats = False
     if driver is not None:
         inner = _driven_matches(r, columns, query, driver, context)
-        page = _keyset_page(inner, (), cursor, backwards, limit, nullable_first=True)
+        # Twice the rows: repeats of a resource are dropped by the caller.
+        page = _keyset_page(inner, (), cursor, backwards, 2 * limit, nullable_first=True)
         pages: tuple[Select, ...] = (page,)
+        repeats = True
     elif not query.sort or query.branches:
         values = [_sort_expression(r, key).label(f"s{i}") for i, key in enumerate(query.sort)]
         inner = select(*columns, *values).where(*where)
@@ -292,6 +299,8 @@ def build(query: SearchQuery, context: SearchContext, *, limit: int) -> Plan:
         sort_columns=sort_columns,
         backwards=backwards,
         matches=matches,
+        repeats=repeats,
+        fetched=2 * limit if repeats else limit,
     )
 
 
@@ -323,8 +332,10 @@ def _driven_matches(r, columns, query: SearchQuery, driver: ValueCriterion, cont
     Walking the (type, parameter, value, resource_pk) index of one criterion
     yields its resources in key order, so a page stops after a few rows; the
     other criteria are probed per row. (Joining the resource table first made
-    PostgreSQL walk every resource of the type in key order.) GROUP BY the
-    key: a resource with several matching values is one match.
+    PostgreSQL walk every resource of the type in key order.) A resource with
+    several matching values comes once per value, next to itself in key
+    order; the caller drops the repeats (Plan.repeats): a GROUP BY here kept
+    PostgreSQL from stopping early (500 ms instead of 10 ms at 1M Observations).
     """
     module = module_of(driver.parameter)
     x = module.TABLE.alias("drive")
@@ -340,14 +351,10 @@ def _driven_matches(r, columns, query: SearchQuery, driver: ValueCriterion, cont
         # resources, so the resource table is not needed until the page's
         # rows are known (the caller joins their bodies, type and id).
         keys = _KeyOnly(x.c.resource_pk)
-        return (
-            select(x.c.resource_pk.label("pk"))
-            .where(
-                *_rows_of(x, query.resource_type, driver.parameter.code),
-                matches,
-                *[_condition(keys, query.resource_type, c, context) for c in rest],
-            )
-            .group_by(x.c.resource_pk)
+        return select(x.c.resource_pk.label("pk")).where(
+            *_rows_of(x, query.resource_type, driver.parameter.code),
+            matches,
+            *[_condition(keys, query.resource_type, c, context) for c in rest],
         )
     others = [_condition(r, query.resource_type, c, context) for c in rest]
     return (
@@ -360,7 +367,6 @@ def _driven_matches(r, columns, query: SearchQuery, driver: ValueCriterion, cont
             r.c.resource_type == query.resource_type,
             *others,
         )
-        .group_by(r.c.pk)
     )
 
 
