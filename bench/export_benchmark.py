@@ -2,7 +2,7 @@
 """Bulk Data export ($export) throughput on a fresh PostgreSQL database.
 
     python bench/export_benchmark.py [--database-server URL] [--resources 1000000]
-        [--load-workers N] [--keep] [--seed 7]
+        [--load-workers N] [--keep] [--seed 7] [--existing NAME]
 
 What one run does:
 
@@ -179,13 +179,20 @@ def parse_args(argv=None):
     parser.add_argument("--load-workers", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--existing",
+        metavar="NAME",
+        help="export an already loaded database of that name on --database-server"
+        " (e.g. the 1M one bench/search_scale_benchmark.py --keep leaves) instead of"
+        " loading one; it is neither created nor dropped",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     admin = rest.pg_url(args.database_server)
-    name = f"fhirserver_bench_export_{args.resources}"
+    name = args.existing or f"fhirserver_bench_export_{args.resources}"
     url = rest.with_database(admin, name)
     results: dict = {
         "benchmark": "export",
@@ -193,12 +200,16 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "cpus": multiprocessing.cpu_count()},
         "database": name,
     }
-    rest.drop_database(admin, name)
-    rest.create_database(admin, name)
+    if not args.existing:
+        rest.drop_database(admin, name)
+        rest.create_database(admin, name)
     try:
-        print(f"database {name}: loading {args.resources:,} resources ...", flush=True)
-        results["load"] = load(url, args)
-        print(f"load: {results['load']}")
+        if args.existing:
+            print(f"database {name}: exporting what it holds", flush=True)
+        else:
+            print(f"database {name}: loading {args.resources:,} resources ...", flush=True)
+            results["load"] = load(url, args)
+            print(f"load: {results['load']}")
         results["raw"] = raw_read(url)
         total = results["raw"]["resources"]
         print(
@@ -221,7 +232,7 @@ def main(argv=None) -> int:
         if system["resources"] != total:
             raise SystemExit(f"$export wrote {system['resources']} resources, not {total}")
     finally:
-        if not args.keep:
+        if not args.keep and not args.existing:
             rest.drop_database(admin, name)
     rest.RESULTS_DIR.mkdir(exist_ok=True)
     out = rest.RESULTS_DIR / f"export_{datetime.now(UTC):%Y%m%dT%H%M%S}.json"

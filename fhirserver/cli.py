@@ -167,7 +167,7 @@ def load(paths: tuple[pathlib.Path, ...], database_url: str, batch_size: int, wo
 @DATABASE_OPTION
 @click.option("--once", is_flag=True, help="Run the queued jobs, then exit (for tests and cron).")
 def worker(database_url: str, once: bool) -> None:
-    """Run bulk data jobs ($export) from the database's queue.
+    """Run bulk data jobs ($export, $import) from the database's queue.
 
     `serve` already runs a worker in every process unless FHIRSERVER_BULK_WORKER=0;
     this one can run anywhere else, any number of times: jobs are claimed in the database.
@@ -182,11 +182,13 @@ def worker(database_url: str, once: bool) -> None:
     database = Database(settings.database_url, pool_size=2)
     try:
         if once:
-            click.echo(f"fhirserver: ran {run_queued(database)} bulk data job(s)")
+            click.echo(
+                f"fhirserver: ran {run_queued(database, settings=settings)} bulk data job(s)"
+            )
             return
         click.echo(f"fhirserver: bulk data worker on {_safe(settings.database_url)}")
         try:
-            serve_forever(database, threading.Event())
+            serve_forever(database, threading.Event(), settings=settings)
         except KeyboardInterrupt:
             pass
     finally:

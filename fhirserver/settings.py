@@ -25,6 +25,11 @@ class Settings:
     pool_size: int = 10
     #: Run a bulk data worker thread in every server process (FHIRSERVER_BULK_WORKER=0 turns it off).
     bulk_worker: bool = True
+    #: Origins (``scheme://host[:port]``) that ``$import`` may fetch ndjson files from;
+    #: empty: import by URL is off (fetching any URL a client names would be SSRF).
+    import_allowed_origins: tuple[str, ...] = ()
+    #: Largest ndjson file ``$import`` fetches from a URL.
+    import_max_bytes: int = 1024 * 1024 * 1024
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -36,5 +41,11 @@ class Settings:
             max_body_bytes=int(env.get("FHIRSERVER_MAX_BODY_BYTES", cls.max_body_bytes)),
             pool_size=int(env.get("FHIRSERVER_POOL_SIZE", cls.pool_size)),
             bulk_worker=env.get("FHIRSERVER_BULK_WORKER", "1").strip() != "0",
+            import_allowed_origins=tuple(
+                origin.strip()
+                for origin in env.get("FHIRSERVER_IMPORT_ALLOWED_ORIGINS", "").split(",")
+                if origin.strip()
+            ),
+            import_max_bytes=int(env.get("FHIRSERVER_IMPORT_MAX_BYTES", cls.import_max_bytes)),
         )
         return replace(settings, **overrides)  # type: ignore[arg-type]

@@ -1,1 +1,1 @@
-"""Bulk data in and out of the store: ``fhirserver load`` (load.py) and bulk export."""
+"""Bulk data in and out of the store: ``fhirserver load`` (load.py), bulk export and import."""

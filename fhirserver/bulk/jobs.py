@@ -1,4 +1,5 @@
-"""Bulk data jobs in the database: enqueue, claim, progress, outputs, complete, fail, cancel.
+"""Bulk data jobs in the database: enqueue, claim, progress, outputs, complete, fail, cancel
+(and the inputs of import jobs).
 
 The FHIR Asynchronous Bulk Interaction Pattern
 (http://hl7.org/fhir/uv/bulkdata/export.html#bulk-data-kick-off-request): a
@@ -31,7 +32,7 @@ from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 
 from fhirserver.resources import jsonio
 from fhirserver.storage.session import Database
-from fhirserver.storage.tables import bulk_job, bulk_output, utcnow
+from fhirserver.storage.tables import bulk_input, bulk_job, bulk_output, utcnow
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = (
     "queued",
@@ -82,6 +83,22 @@ class Output:
     position: int
     resource_type: str
     count: int
+
+
+@dataclass(frozen=True)
+class Input:
+    """One ndjson input of an import job: a URL, or an uploaded body (``url`` None)."""
+
+    position: int
+    resource_type: str | None
+    url: str | None
+    #: What its import did; None until it is done.
+    read: int | None = None
+    created: int | None = None
+    existing: int | None = None
+    rejected: int | None = None
+    #: Why it could not be read at all.
+    failure: str | None = None
 
 
 def connection_of(repository: object) -> Connection:
@@ -179,6 +196,8 @@ def claim_next(
     )
     # Files of an earlier attempt whose worker died are written again.
     conn.execute(delete(bulk_output).where(bulk_output.c.job_id == job_id))
+    # ...and the inputs of an import are imported again (idempotent: nothing twice).
+    conn.execute(update(bulk_input).where(bulk_input.c.job_id == job_id).values(**_NOT_DONE))
     return find(conn, job_id)
 
 
@@ -224,6 +243,7 @@ def add_output(
 def complete(database: Database, lease: Lease) -> None:
     with database.transaction(write=True) as conn:
         _hold(conn, lease, status=COMPLETED, progress=None, finished_at=utcnow())
+        _drop_uploads(conn, lease.job_id)
 
 
 def fail(database: Database, lease: Lease, error: str) -> None:
@@ -232,6 +252,7 @@ def fail(database: Database, lease: Lease, error: str) -> None:
         with database.transaction(write=True) as conn:
             _hold(conn, lease, status=FAILED, progress=None, error=error, finished_at=utcnow())
             conn.execute(delete(bulk_output).where(bulk_output.c.job_id == lease.job_id))
+            _drop_uploads(conn, lease.job_id)
     except LostJob:
         pass
 
@@ -249,6 +270,7 @@ def cancel(conn: Connection, job_id: str) -> bool:
     if result.rowcount != 1:
         return False
     conn.execute(delete(bulk_output).where(bulk_output.c.job_id == job_id))
+    conn.execute(delete(bulk_input).where(bulk_input.c.job_id == job_id))
     return True
 
 
@@ -273,3 +295,100 @@ def output_content(conn: Connection, job_id: str, name: str) -> bytes | None:
             bulk_output.c.job_id == job_id, bulk_output.c.name == name
         )
     ).scalar()
+
+
+# -- inputs of import jobs ---------------------------------------------------------
+
+_NOT_DONE: dict[str, Any] = dict.fromkeys(
+    ("read", "created", "existing", "rejected", "failure"), None
+)
+
+
+def add_inputs(
+    conn: Connection, job_id: str, inputs: list[tuple[str | None, str | None, bytes | None]]
+) -> None:
+    """The job's inputs as (type, url, uploaded content), numbered from 1 in this order."""
+    conn.execute(
+        insert(bulk_input),
+        [
+            {
+                "job_id": job_id,
+                "position": position,
+                "resource_type": resource_type,
+                "url": url,
+                "content": content,
+            }
+            for position, (resource_type, url, content) in enumerate(inputs, 1)
+        ],
+    )
+
+
+def inputs(conn: Connection, job_id: str) -> list[Input]:
+    c = bulk_input.c
+    rows = conn.execute(
+        select(
+            c.position,
+            c.resource_type,
+            c.url,
+            c.read,
+            c.created,
+            c.existing,
+            c.rejected,
+            c.failure,
+        )
+        .where(c.job_id == job_id)
+        .order_by(c.position)
+    )
+    return [Input(*row) for row in rows]
+
+
+def input_content(conn: Connection, job_id: str, position: int) -> bytes | None:
+    return conn.execute(
+        select(bulk_input.c.content).where(
+            bulk_input.c.job_id == job_id, bulk_input.c.position == position
+        )
+    ).scalar()
+
+
+def finish_input(
+    database: Database,
+    lease: Lease,
+    done: Input,
+    error_file: tuple[Output, bytes] | None,
+    progress: str,
+) -> None:
+    """Record what the import of one input did, with its error file; LostJob when cancelled."""
+    with database.transaction(write=True) as conn:
+        _hold(conn, lease, progress=progress)
+        conn.execute(
+            update(bulk_input)
+            .where(bulk_input.c.job_id == lease.job_id, bulk_input.c.position == done.position)
+            .values(
+                read=done.read,
+                created=done.created,
+                existing=done.existing,
+                rejected=done.rejected,
+                failure=done.failure,
+            )
+        )
+        if error_file is not None:
+            output, content = error_file
+            conn.execute(
+                insert(bulk_output).values(
+                    job_id=lease.job_id,
+                    name=output.name,
+                    position=output.position,
+                    resource_type=output.resource_type,
+                    count=output.count,
+                    content=content,
+                )
+            )
+
+
+def _drop_uploads(conn: Connection, job_id: str) -> None:
+    """An ended job needs its uploaded bodies no more (they may be large)."""
+    conn.execute(
+        update(bulk_input)
+        .where(bulk_input.c.job_id == job_id, bulk_input.c.content.is_not(None))
+        .values(content=None)
+    )

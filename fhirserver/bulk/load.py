@@ -39,9 +39,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 from fhirserver.errors import FhirError
@@ -154,6 +156,14 @@ class Plan:
         return sum(source.size for source in self.sources)
 
 
+class Transactions(Protocol):
+    """Where a Loader reads and writes: a :class:`Database` (a transaction per batch), or
+    anything else that opens transactions the same way (``$import`` of an upload runs
+    inside the request's transaction, a savepoint per batch)."""
+
+    def transaction(self, *, write: bool) -> AbstractContextManager[Any]: ...
+
+
 class _Rejected(Exception):
     """One resource (or Bundle entry) cannot be loaded; the message says why."""
 
@@ -200,7 +210,14 @@ def _tier(path: Path) -> int:
     for prefix, resource_type in _SYNTHEA_SHARED.items():
         if stem.startswith(prefix):
             stem = resource_type
-    return _TARGET_TYPES.index(stem) if stem in _TARGET_TYPES else len(_TARGET_TYPES)
+    return reference_tier(stem)
+
+
+def reference_tier(resource_type: str | None) -> int:
+    """Load order of a type: the types other resources refer to by conditional reference first."""
+    return (
+        _TARGET_TYPES.index(resource_type) if resource_type in _TARGET_TYPES else len(_TARGET_TYPES)
+    )
 
 
 def _open_ndjson(path: Path):
@@ -260,7 +277,7 @@ class Loader:
     """
 
     def __init__(
-        self, database: Database, *, base_url: str = "", batch_size: int = DEFAULT_BATCH_SIZE
+        self, database: Transactions, *, base_url: str = "", batch_size: int = DEFAULT_BATCH_SIZE
     ):
         self.database = database
         self.base_url = base_url
@@ -294,8 +311,14 @@ class Loader:
             return
         self.load_document(data, name)
 
-    def load_ndjson(self, lines: Iterable[tuple[int, bytes]], name: str) -> None:
-        """One resource per line (http://hl7.org/fhir/R4/nd-json.html); blank lines are ignored."""
+    def load_ndjson(
+        self, lines: Iterable[tuple[int, bytes]], name: str, *, resource_type: str | None = None
+    ) -> None:
+        """One resource per line (http://hl7.org/fhir/R4/nd-json.html); blank lines are ignored.
+
+        With ``resource_type`` (the type an ``$import`` input declares), a line
+        holding another type is rejected.
+        """
         for number, line in lines:
             if not line.strip():
                 continue
@@ -305,6 +328,12 @@ class Loader:
                 resource = jsonio.loads(line)
             except ValueError as exc:
                 self._reject(location, f"not valid JSON ({exc})")
+                continue
+            found = resource.get("resourceType") if isinstance(resource, dict) else None
+            if resource_type is not None and found != resource_type:
+                self._reject(
+                    location, f"resourceType `{found}` in an input of type {resource_type}"
+                )
                 continue
             # Only a line with a `?` can hold a conditional reference: skip the walk otherwise.
             self.add(location, resource, references=b"?" in line)

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
-from fhirserver.bulk import export, jobs
+from fhirserver.bulk import export, import_, jobs
 from fhirserver.errors import FhirError
 from fhirserver.settings import Settings
 from fhirserver.storage.session import Database
@@ -25,14 +25,22 @@ Runner = Callable[[Database, jobs.Job], None]
 IDLE_SECONDS = 2.0
 
 
-def default_runners() -> dict[str, Runner]:
-    """Job kind -> its runner."""
-    return {export.KIND: export.Exporter()}
+def default_runners(settings: Settings | None = None) -> dict[str, Runner]:
+    """Job kind -> its runner. ``settings`` say which URLs an import may fetch (none by default)."""
+    return {
+        export.KIND: export.Exporter(),
+        import_.KIND: import_.Importer.of(settings or Settings()),
+    }
 
 
-def run_queued(database: Database, runners: Mapping[str, Runner] | None = None) -> int:
+def run_queued(
+    database: Database,
+    runners: Mapping[str, Runner] | None = None,
+    *,
+    settings: Settings | None = None,
+) -> int:
     """Claim and run jobs until none is queued; the number of jobs run."""
-    runners = runners if runners is not None else default_runners()
+    runners = runners if runners is not None else default_runners(settings)
     kinds = tuple(runners)
     count = 0
     while (job := jobs.claim(database, kinds)) is not None:
@@ -56,12 +64,17 @@ def run_job(database: Database, job: jobs.Job, runner: Runner) -> None:
 
 
 def serve_forever(
-    database: Database, stop: threading.Event, *, idle_seconds: float = IDLE_SECONDS
+    database: Database,
+    stop: threading.Event,
+    *,
+    idle_seconds: float = IDLE_SECONDS,
+    settings: Settings | None = None,
 ) -> None:
     """Run queued jobs as they come, until ``stop`` is set."""
+    runners = default_runners(settings)
     while not stop.is_set():
         try:
-            run_queued(database)
+            run_queued(database, runners)
         except Exception:  # noqa: BLE001 - e.g. the database is briefly away: try again later
             log.exception("The bulk data worker could not look for jobs")
         stop.wait(idle_seconds)
@@ -72,6 +85,10 @@ def start_background(settings: Settings) -> threading.Event:
     database = Database(settings.database_url, pool_size=2)
     stop = threading.Event()
     threading.Thread(
-        target=serve_forever, args=(database, stop), name="fhirserver-bulk-worker", daemon=True
+        target=serve_forever,
+        args=(database, stop),
+        kwargs={"settings": settings},
+        name="fhirserver-bulk-worker",
+        daemon=True,
     ).start()
     return stop

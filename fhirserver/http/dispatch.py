@@ -82,6 +82,7 @@ def dispatch(
             # Operations take their input in the body (a Parameters resource) even when they only read.
             with_body=(interaction.writes or operation is not None)
             and http.method in ("POST", "PUT", "PATCH"),
+            ndjson_body=interaction.ndjson_body,
         )
         request = replace(request, principal=principal)
         with services.database.transaction(write=interaction.writes) as conn:

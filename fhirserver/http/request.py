@@ -15,6 +15,8 @@ from fhirserver.resources.xml import parse_xml
 from fhirserver.settings import Settings
 
 JSON_PATCH = "application/json-patch+json"
+#: Newline Delimited JSON bodies (a bulk ``$import`` upload).
+NDJSON = frozenset({"application/fhir+ndjson", "application/ndjson"})
 
 # Parameters that shape the response, not the query.
 RESPONSE_PARAMS = frozenset({"_format", "_pretty", "_summary", "_elements"})
@@ -104,6 +106,7 @@ def build(
     version_id: str | None = None,
     compartment_search: str | None = None,
     with_body: bool = False,
+    ndjson_body: bool = False,
 ) -> FhirRequest:
     params = tuple((key, value) for key, value in http.args.items(multi=True))
     if (
@@ -116,9 +119,12 @@ def build(
                 "POST _search takes an application/x-www-form-urlencoded body."
             )
         params += tuple((key, value) for key, value in http.form.items(multi=True))
-    body, json_patch = None, None
+    body, json_patch, ndjson = None, None, None
     if with_body and http.mimetype == JSON_PATCH:
         json_patch = read_json_patch(http, settings)
+    elif with_body and ndjson_body and http.mimetype in NDJSON:
+        # Parsed line by line by the operation; the body limit applies as to any body.
+        ndjson = _read_raw(http, settings)
     elif with_body:
         body = read_body(http, settings)
     return FhirRequest(
@@ -137,4 +143,6 @@ def build(
         if_none_exist=http.headers.get("If-None-Exist"),
         prefer_handling=_prefer_handling(http.headers.get("Prefer")),
         prefer_respond_async=_prefer_respond_async(http.headers.get("Prefer")),
+        ndjson=ndjson,
+        settings=settings,
     )

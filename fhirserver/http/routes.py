@@ -88,6 +88,15 @@ def blueprint(base_path: str) -> Blueprint:
         ),
         methods=["GET", "DELETE"],
     )
+    # Bulk import status (DELETE cancels); its error files are served like an export's.
+    api.add_url_rule(
+        "/_bulk/import/<job>",
+        "bulk-import-status",
+        lambda job: _run(
+            "bulk-import-cancel" if request.method == "DELETE" else "bulk-import-status", id=job
+        ),
+        methods=["GET", "DELETE"],
+    )
     api.add_url_rule(
         "/_bulk/files/<job>/<name>",
         "bulk-file",

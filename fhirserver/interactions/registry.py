@@ -26,6 +26,8 @@ class Interaction:
     handle: Handler
     #: Listed in the CapabilityStatement (False for capabilities itself).
     advertised: bool = True
+    #: Takes an ndjson body (``FhirRequest.ndjson``: a bulk ``$import`` upload).
+    ndjson_body: bool = False
 
 
 def _build() -> dict[str, Interaction]:
@@ -70,6 +72,17 @@ def _build() -> dict[str, Interaction]:
             "bulk-export-cancel", "system", True, bulk_status.handle_cancel, advertised=False
         ),
         Interaction("bulk-file", "system", False, bulk_status.handle_file, advertised=False),
+        # Bulk import status and cancel (after the Bulk Data import proposal).
+        Interaction(
+            "bulk-import-status",
+            "system",
+            False,
+            bulk_status.handle_import_status,
+            advertised=False,
+        ),
+        Interaction(
+            "bulk-import-cancel", "system", True, bulk_status.handle_import_cancel, advertised=False
+        ),
     ]
     return {interaction.code: interaction for interaction in table}
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from fhirserver.consent.principal import ADMINISTRATOR, Principal
+from fhirserver.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class FhirRequest:
     #: ``Prefer: respond-async`` (http://hl7.org/fhir/R4/async.html): the client takes a 202 and polls.
     prefer_respond_async: bool = False
     principal: Principal = ADMINISTRATOR
+    #: An ``application/fhir+ndjson`` body, as sent (a bulk ``$import`` upload).
+    ndjson: bytes | None = None
+    #: The server's settings (what an operation may do, e.g. which URLs ``$import`` fetches).
+    settings: Settings = Settings()
 
     def param(self, name: str) -> str | None:
         """The last value of a parameter (later values win, as most servers do)."""

@@ -29,6 +29,8 @@ class Operation:
     handle: Handler
     #: Whether it changes stored data (a write transaction).
     writes: bool = False
+    #: Whether it takes an ndjson body as well as a Parameters resource.
+    ndjson_body: bool = False
 
     @cached_property
     def definition(self) -> dict:
@@ -50,7 +52,14 @@ class Operation:
         return "Resource" in types or resource_type in types
 
     def interaction(self, level: str) -> Interaction:
-        return Interaction(f"${self.name}", level, self.writes, self.handle, advertised=False)
+        return Interaction(
+            f"${self.name}",
+            level,
+            self.writes,
+            self.handle,
+            advertised=False,
+            ndjson_body=self.ndjson_body,
+        )
 
 
 def for_capability_statement(level: str, resource_type: str | None = None) -> list[dict]:
@@ -66,6 +75,7 @@ def for_capability_statement(level: str, resource_type: str | None = None) -> li
 def _build() -> dict[str, Operation]:
     from fhirserver.operations import (
         bulk_export,
+        bulk_import,
         observation_lastn,
         observation_stats,
         patient_everything,
@@ -91,6 +101,10 @@ def _build() -> dict[str, Operation]:
         Operation("OperationDefinition-export.json", bulk_export.handle_system),
         Operation("OperationDefinition-patient-export.json", bulk_export.handle_patient),
         Operation("OperationDefinition-group-export.json", bulk_export.handle_group),
+        # Bulk import: a Parameters kick-off naming ndjson URLs, or an ndjson upload.
+        Operation(
+            "OperationDefinition-import.json", bulk_import.handle, writes=True, ndjson_body=True
+        ),
     ]
     # Keyed by canonical URL: several definitions may share a code.
     return {operation.url: operation for operation in table}

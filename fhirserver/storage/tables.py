@@ -345,7 +345,7 @@ bulk_job = Table(
     metadata,
     # Random (uuid4): the status URL is the job's only handle, so it must not be guessable.
     Column("id", String(64), primary_key=True),
-    # export (later also import).
+    # export or import.
     Column("kind", String(16), nullable=False),
     # queued, running, completed, failed or cancelled.
     Column("status", String(16), nullable=False),
@@ -384,4 +384,26 @@ bulk_output = Table(
     Column("count", Integer, nullable=False),
     # The ndjson itself.
     Column("content", LargeBinary, nullable=False),
+)
+
+bulk_input = Table(
+    "bulk_input",
+    metadata,
+    # The ndjson inputs of a `$import` job, in the kick-off's order.
+    Column("job_id", String(64), ForeignKey("bulk_job.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    # The input's `type`; NULL for an upload (any types).
+    Column("resource_type", String(64), nullable=True),
+    # The input's `url`; NULL for an upload.
+    Column("url", Text, nullable=True),
+    # An uploaded body, so that any worker process can run the job; NULL once
+    # the job has ended (and for inputs fetched by URL).
+    Column("content", LargeBinary, nullable=True),
+    # What the import of the input did; NULL until it is done.
+    Column("read", Integer, nullable=True),
+    Column("created", Integer, nullable=True),
+    Column("existing", Integer, nullable=True),
+    Column("rejected", Integer, nullable=True),
+    # Why the input could not be read at all (a failed fetch, a file over the limit).
+    Column("failure", Text, nullable=True),
 )
