@@ -30,6 +30,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -206,6 +207,9 @@ def main(argv=None) -> int:
     try:
         if args.existing:
             print(f"database {name}: exporting what it holds", flush=True)
+            # An older database gets the job tables of this version first.
+            migrate = [sys.executable, "-m", "fhirserver", "db", "upgrade", "--database", url]
+            subprocess.run(migrate, check=True, capture_output=True)
         else:
             print(f"database {name}: loading {args.resources:,} resources ...", flush=True)
             results["load"] = load(url, args)

@@ -21,7 +21,10 @@
    backends serving the benchmark's database (sampled from /proc). On a shared machine the rates depend on what else
    runs; CPU per resource does not, and ``2 / (CPU s per resource)`` is the
    most that 2 idle cores could do.
-4. Drops the database; writes the figures to bench/results/load-<UTC time>.json.
+4. Unless ``--clients 0``: the same Synthea data as transaction Bundles posted
+   over HTTP to ``fhirserver serve --workers 2`` on another fresh database by
+   ``--clients`` threads (bench/transaction_ingest.py).
+5. Drops the databases; writes the figures to bench/results/load-<UTC time>.json.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import transaction_ingest  # noqa: E402
+
 BUNDLES = ROOT.parent / "shared" / "fhir-data" / "synthea" / "bundles"
 SUMMARY = re.compile(
     r"(?P<files>\d+) files, (?P<read>\d+) resources read, (?P<created>\d+) created, "
@@ -178,6 +185,12 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        help="HTTP clients posting the transaction Bundles (0: skip that phase)",
+    )
     args = parser.parse_args()
 
     server = make_url(args.database_server).set(drivername="postgresql")
@@ -229,6 +242,20 @@ def main() -> int:
     print(
         f"\nload / raw COPY: {load_rate / copy_rate:.3f} (rate), {copy_cpu_ms / load_cpu_ms:.3f} (CPU)"
     )
+    transactions = None
+    if args.clients:
+        # The same Synthea data as transaction Bundles over HTTP (a fresh database).
+        transactions = transaction_ingest.run_transactions(admin, args.copies, args.clients)
+        cpu = transactions["cpu"] or {}
+        per = 1000 / transactions["resources"]
+        print(
+            f"transaction Bundles over HTTP ({args.clients} clients, serve --workers 2):"
+            f" {transactions['resources_per_s']:.0f} resources/s"
+            f" ({transactions['bundles']} Bundles, {transactions['resources']} resources,"
+            f" {transactions['seconds']:.1f} s; server CPU {cpu.get('server_cpu_s', 0) * per:.2f} ms,"
+            f" PostgreSQL CPU {cpu.get('postgres_cpu_s', 0) * per:.2f} ms per resource);"
+            f" / raw COPY: {transactions['resources_per_s'] / copy_rate:.3f}"
+        )
 
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
@@ -250,6 +277,7 @@ def main() -> int:
                 "copy_resources_per_s": copy_rate,
                 "copy_cpu_ms_per_resource": copy_cpu_ms,
                 "ratio": load_rate / copy_rate,
+                "transactions_over_http": transactions,
             },
             indent=2,
         )
