@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from fhirserver.interactions.pipeline import APPEND_ONLY
 from fhirserver.resources import jsonio
 from tests.api.helpers import BASE, FHIR_JSON, FHIR_XML
 from tests.conftest import FHIR_DATA
@@ -84,9 +85,20 @@ def test_example_round_trips_as_xml(client, path: Path):
     xml = client.get(url, headers={"Accept": FHIR_XML})
     assert xml.status_code == 200
     # The XML goes back in as an update, and the JSON read of it must equal the original.
-    again = client.put(url, data=xml.data, headers={"Content-Type": FHIR_XML})
-    assert again.status_code == 200, again.get_data(as_text=True)
+    data, expected = xml.data, 200
+    if original["resourceType"] in APPEND_ONLY:
+        # Stored AuditEvents never change: the XML comes back as a new one.
+        url += "-xml"
+        data = data.replace(
+            f'<id value="{original["id"]}"/>'.encode(),
+            f'<id value="{original["id"]}-xml"/>'.encode(),
+            1,
+        )
+        expected = 201
+    again = client.put(url, data=data, headers={"Content-Type": FHIR_XML})
+    assert again.status_code == expected, again.get_data(as_text=True)
     stored = _load(client.get(url).data)
+    stored["id"] = original["id"]
     assert _canonical_narratives(_without_meta(stored)) == _canonical_narratives(
         _without_meta(original)
     )
