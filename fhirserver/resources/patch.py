@@ -33,7 +33,13 @@ from jsonpointer import JsonPointer, JsonPointerException
 
 from fhirserver.errors import BadRequest, FhirError, Issue, Unprocessable
 from fhirserver.resources import jsonio
-from fhirserver.resources.validate import MAX_DEPTH, ElementInfo, elements, resource_model
+from fhirserver.resources.validate import (
+    MAX_DEPTH,
+    ElementInfo,
+    elements,
+    json_kind,
+    resource_model,
+)
 
 # --------------------------------------------------------------------------
 # Shared
@@ -71,22 +77,6 @@ def _too_deep(value: object) -> bool:
     return False
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float, Decimal)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return f"a {type(value).__name__}"
-
-
 # --------------------------------------------------------------------------
 # JSON Patch (RFC 6902)
 # --------------------------------------------------------------------------
@@ -117,7 +107,7 @@ def _checked_json_operation(index: int, operation: object) -> dict:
         return _json_error(BadRequest, index, operation, text)
 
     if not isinstance(operation, dict):
-        raise bad(f"an operation must be a JSON object, not {_kind(operation)}")
+        raise bad(f"an operation must be a JSON object, not {json_kind(operation)}")
     op = operation.get("op")
     if not isinstance(op, str):
         raise bad("the operation has no `op` (add, remove, replace, move, copy or test)")
@@ -163,10 +153,10 @@ def _pointer_problem(document: object, pointer: str, whole: bool) -> str | None:
                 return f"`{reached}` has no item {part} (it has {len(node)})"
             node = node[int(part)]
         else:
-            return f"`{reached or '/'}` is {_kind(node)}, not an object or array"
+            return f"`{reached or '/'}` is {json_kind(node)}, not an object or array"
         reached += "/" + part.replace("~", "~0").replace("/", "~1")
     if not whole and parts and not isinstance(node, (dict, list)):
-        return f"`{reached or '/'}` is {_kind(node)}, not an object or array"
+        return f"`{reached or '/'}` is {json_kind(node)}, not an object or array"
     return None
 
 
@@ -211,7 +201,7 @@ def apply_json_patch(resource: dict, operations: object) -> dict:
             BadRequest,
             None,
             operations,
-            f"the body must be a JSON array of operations, not {_kind(operations)}",
+            f"the body must be a JSON array of operations, not {json_kind(operations)}",
         )
     checked = [_checked_json_operation(i, op) for i, op in enumerate(operations)]
     document: Any = copy.deepcopy(resource)
@@ -702,7 +692,7 @@ def _parse_operation(index: int, parameter: object) -> _Operation:
         return _fhirpath_error(BadRequest, index, kind, text)
 
     if not isinstance(parameter, dict):
-        raise bad(f"a parameter must be a JSON object, not {_kind(parameter)}")
+        raise bad(f"a parameter must be a JSON object, not {json_kind(parameter)}")
     if parameter.get("name") != "operation":
         raise bad(f"every parameter must be named `operation`, not `{parameter.get('name')}`")
     parts = parameter.get("part")

@@ -243,7 +243,7 @@ def xhtml_problem(div: str) -> str | None:
 # --------------------------------------------------------------------------
 
 
-def _json_kind(value: object) -> str:
+def json_kind(value: object) -> str:
     """The JSON kind of a value, with its article, for messages."""
     if value is None:
         return "null"
@@ -346,7 +346,7 @@ class _Walk:
             elif info.many:
                 if not isinstance(value, list):
                     self.add(
-                        "structure", f"{path}.{key}", f"must be an array, not {_json_kind(value)}"
+                        "structure", f"{path}.{key}", f"must be an array, not {json_kind(value)}"
                     )
                 elif not value:
                     self.add("structure", f"{path}.{key}", "an empty array is not allowed")
@@ -374,7 +374,7 @@ class _Walk:
 
     def complex(self, value: object, info: ElementInfo, path: str, depth: int) -> None:
         if not isinstance(value, dict):
-            self.add("structure", path, f"must be a JSON object, not {_json_kind(value)}")
+            self.add("structure", path, f"must be a JSON object, not {json_kind(value)}")
         elif not value:
             self.add("structure", path, "an empty object is not allowed")
         elif info.type == _RESOURCE:
@@ -388,7 +388,7 @@ class _Walk:
             self.element(value, info.model, path, depth + 1)
 
     def bad_primitive(self, value: object, info: ElementInfo, path: str) -> None:
-        kind = _json_kind(value)
+        kind = json_kind(value)
         if info.type == "boolean":
             self.add("value", path, f"must be a JSON boolean (true or false), not {kind}")
         elif info.type in _INTEGER_TYPES:
@@ -437,7 +437,7 @@ class _Walk:
     def extension_object(self, value: object, path: str, depth: int) -> None:
         if not isinstance(value, dict):
             self.add(
-                "structure", path, f"its `_` object must be a JSON object, not {_json_kind(value)}"
+                "structure", path, f"its `_` object must be a JSON object, not {json_kind(value)}"
             )
         elif not value:
             self.add("structure", path, "an empty object is not allowed")
@@ -951,11 +951,11 @@ def resource_type_of(data: object, expected_type: str | None = None) -> str:
     """
     if not isinstance(data, dict):
         raise BadRequest(
-            f"The body must be a JSON object (a FHIR resource), not {_json_kind(data)}.",
+            f"The body must be a JSON object (a FHIR resource), not {json_kind(data)}.",
             issues=[
                 Issue(
                     code="structure",
-                    diagnostics=f"The body must be a JSON object, not {_json_kind(data)}.",
+                    diagnostics=f"The body must be a JSON object, not {json_kind(data)}.",
                 )
             ],
         )
@@ -964,7 +964,7 @@ def resource_type_of(data: object, expected_type: str | None = None) -> str:
         text = (
             "The resource has no `resourceType`."
             if rtype is None
-            else f"`resourceType` must be the name of a resource type, not {_json_kind(rtype)}."
+            else f"`resourceType` must be the name of a resource type, not {json_kind(rtype)}."
         )
         raise BadRequest(
             text,
