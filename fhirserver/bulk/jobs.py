@@ -228,16 +228,7 @@ def add_output(
     """Store one finished file of the job; LostJob (and nothing stored) when cancelled."""
     with database.transaction(write=True) as conn:
         _hold(conn, lease, progress=progress)
-        conn.execute(
-            insert(bulk_output).values(
-                job_id=lease.job_id,
-                name=output.name,
-                position=output.position,
-                resource_type=output.resource_type,
-                count=output.count,
-                content=content,
-            )
-        )
+        _insert_output(conn, lease.job_id, output, content)
 
 
 def complete(database: Database, lease: Lease) -> None:
@@ -373,16 +364,20 @@ def finish_input(
         )
         if error_file is not None:
             output, content = error_file
-            conn.execute(
-                insert(bulk_output).values(
-                    job_id=lease.job_id,
-                    name=output.name,
-                    position=output.position,
-                    resource_type=output.resource_type,
-                    count=output.count,
-                    content=content,
-                )
-            )
+            _insert_output(conn, lease.job_id, output, content)
+
+
+def _insert_output(conn: Connection, job_id: str, output: Output, content: bytes) -> None:
+    conn.execute(
+        insert(bulk_output).values(
+            job_id=job_id,
+            name=output.name,
+            position=output.position,
+            resource_type=output.resource_type,
+            count=output.count,
+            content=content,
+        )
+    )
 
 
 def _drop_uploads(conn: Connection, job_id: str) -> None:
