@@ -12,8 +12,10 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from fhirserver.errors import BadRequest, PreconditionFailed
+from fhirserver.interactions.request import FhirRequest
 from fhirserver.storage.repository import Repository
 
+_FORMAT_PARAMETERS = frozenset({"_format", "_pretty"})
 #: Most resources one conditional delete removes; more matches answer 412.
 MAX_CONDITIONAL_DELETES = 100
 
@@ -27,12 +29,18 @@ def criteria_of(text: str, resource_type: str) -> list[tuple[str, str]]:
     else:
         query = head
     params = [
-        (k, v)
-        for k, v in parse_qsl(query, keep_blank_values=True)
-        if k not in ("_format", "_pretty")
+        (k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in _FORMAT_PARAMETERS
     ]
     if not params:
         raise BadRequest(f"`{text}` holds no search criteria.")
+    return params
+
+
+def request_criteria(request: FhirRequest, kind: str) -> list[tuple[str, str]]:
+    """The criteria of ``PUT/DELETE/PATCH [type]?criteria``: the query, without format parameters."""
+    params = [(k, v) for k, v in request.params if k not in _FORMAT_PARAMETERS]
+    if not params:
+        raise BadRequest(f"A conditional {kind} of {request.resource_type} needs search criteria.")
     return params
 
 

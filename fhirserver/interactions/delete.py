@@ -11,7 +11,7 @@ nothing); no match changes nothing.
 
 from __future__ import annotations
 
-from fhirserver.errors import BadRequest, Issue, PreconditionFailed
+from fhirserver.errors import Issue, PreconditionFailed
 from fhirserver.interactions import conditional
 from fhirserver.interactions.common import parse_version_tag, require_valid_id
 from fhirserver.interactions.request import FhirRequest, FhirResponse
@@ -40,9 +40,7 @@ def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
 def _conditional(request: FhirRequest, repository: Repository) -> FhirResponse:
     resource_type = request.resource_type
     assert resource_type is not None
-    params = [(k, v) for k, v in request.params if k not in ("_format", "_pretty")]
-    if not params:
-        raise BadRequest(f"A conditional delete of {resource_type} needs search criteria.")
+    params = conditional.request_criteria(request, "delete")
     cap = conditional.MAX_CONDITIONAL_DELETES
     ids = conditional.matches(repository, resource_type, params, limit=cap + 1)
     if len(ids) > cap:

@@ -51,9 +51,7 @@ def handle(request: FhirRequest, repository: Repository) -> FhirResponse:
 def _conditional_target(request: FhirRequest, repository: Repository, body_id: str | None) -> str:
     resource_type = request.resource_type
     assert resource_type is not None
-    params = [(k, v) for k, v in request.params if k not in ("_format", "_pretty")]
-    if not params:
-        raise BadRequest(f"A conditional update of {resource_type} needs search criteria.")
+    params = conditional.request_criteria(request, "update")
     ids = conditional.matches(repository, resource_type, params)
     match = conditional.at_most_one(ids, resource_type, params)
     if match is None:
